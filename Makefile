@@ -1,0 +1,33 @@
+# pytest-lxdsnap: every target installs what it needs (a fresh Debian 12 host, as root, is enough).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install setup test demo lint bench clean-lxd
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Install and start LXD, create a storage pool, import the offline lxdsnap/busybox image (idempotent).
+setup: install
+	$(BIN)/lxdsnap setup
+
+# The full test suite, against the real LXD daemon.
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The examples, against the real LXD daemon, with the plugin's summary.
+demo: setup
+	cd examples/seed_tutorial && ../../$(BIN)/python make_container.py create
+	cd examples/seed_tutorial && ../../$(BIN)/pytest -v; status=$$?; ../../$(BIN)/python make_container.py delete; exit $$status
+	cd examples/declared && ../../$(BIN)/pytest -v
+
+lint: install
+	$(BIN)/ruff check .

@@ -1,0 +1,42 @@
+"""The ``lxdsnap`` command: ``setup`` and ``doctor`` (the same LXD modules the plugin uses)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .connection import Endpoint
+from .errors import LxdSnapError
+from .hostsetup import doctor, setup
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lxdsnap", description="Prepare and check a host for pytest-lxdsnap")
+    parser.add_argument("--endpoint", help="Unix socket path or https:// URL of LXD (default: the local socket)")
+    parser.add_argument("--project", help="LXD project (default: LXD's default project)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_setup = sub.add_parser("setup", help="Install and start LXD, create a pool, import the test image")
+    p_setup.add_argument("--pool-driver", choices=["auto", "btrfs", "dir"], default="auto",
+                         help="Driver of the pool created when none exists (auto: btrfs where the kernel has it)")
+    sub.add_parser("doctor", help="Report what is present, what is missing, and the fix for each")
+    args = parser.parse_args(argv)
+    endpoint = Endpoint(url=args.endpoint, project=args.project)
+    try:
+        if args.command == "setup":
+            setup(endpoint, log=lambda line: print(f"lxdsnap setup: {line}", flush=True),
+                  pool_driver=args.pool_driver)
+            return 0
+        checks = doctor(endpoint)
+    except LxdSnapError as exc:
+        print(f"lxdsnap {args.command}: {exc}", file=sys.stderr)
+        return 1
+    width = max(len(c.what) for c in checks)
+    for c in checks:
+        mark = "ok  " if c.ok else "FIX "
+        fix = f"  -> {c.fix}" if not c.ok and c.fix else ""
+        print(f"{mark}{c.what:<{width}}  {c.detail}{fix}")
+    return 0 if all(c.ok or c.what.startswith("pool ") or c.what == "kernel btrfs" for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Errors raised by pytest-lxdsnap. Every message says what to do next."""
+
+from __future__ import annotations
+
+
+class LxdSnapError(Exception):
+    """Base class of every error the plugin raises on purpose."""
+
+
+class LxdUnreachable(LxdSnapError):
+    """The LXD daemon could not be reached at the configured endpoint."""
+
+
+class ConfigError(LxdSnapError):
+    """The ``[tool.lxdsnap]`` table, a marker or an option is invalid."""
+
+
+class ContainerNotFound(LxdSnapError):
+    """A marker names a container that is neither declared nor present in LXD."""
+
+
+class OwnershipError(LxdSnapError):
+    """A destructive call was refused because the plugin does not own the target."""
+
+
+class ResetError(LxdSnapError):
+    """Restoring a container to its snapshot failed; the snapshot is kept for recovery."""
+
+
+class ProvisionError(LxdSnapError):
+    """A provision command of a declared container failed."""
+
+
+class ExecError(LxdSnapError):
+    """A command run with ``check=True`` exited non-zero, or could not run at all."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ExecTimeout(ExecError):
+    """A command did not finish within its ``timeout``."""

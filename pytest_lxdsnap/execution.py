@@ -1,0 +1,167 @@
+"""Running commands and moving files in an instance through LXD's REST API (no websockets).
+
+``exec`` uses ``record-output``: LXD runs the command, stores stdout and stderr as log files, and
+we read them back (~15 ms a call, against ~135 ms for pylxd's websocket ``execute``). Output is
+kept as bytes and decoded on access, so large and binary output survive.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pylxd
+from pylxd.exceptions import LXDAPIException, NotFound
+
+from .errors import ExecError, ExecTimeout
+from .lxdapi import OperationFailed, api_error, wait
+
+COMMAND_NOT_FOUND = 127
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command did: exit code and its output (``stdout``/``stderr`` decoded, ``*_bytes`` raw)."""
+
+    command: tuple[str, ...]
+    exit_code: int
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def __repr__(self) -> str:
+        return (f"ExecResult(command={shlex.join(self.command)!r}, exit_code={self.exit_code}, "
+                f"stdout={self.stdout[:200]!r}, stderr={self.stderr[:200]!r})")
+
+
+def argv(cmd: Sequence[str] | str) -> list[str]:
+    """A list is run as it is (no shell); a plain string is run by ``sh -c``, on purpose."""
+    if isinstance(cmd, str):
+        return ["sh", "-c", cmd]
+    if not cmd or not all(isinstance(a, str) for a in cmd):
+        raise TypeError(f"exec takes a non-empty list of strings (argv) or a shell string, not {cmd!r}")
+    return list(cmd)
+
+
+def exec_command(
+    client: pylxd.Client,
+    instance: str,
+    cmd: Sequence[str] | str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    user: int | None = None,
+    group: int | None = None,
+    stdin: bytes | str | None = None,
+    check: bool = False,
+    timeout: float | None = None,
+) -> ExecResult:
+    """Run ``cmd`` in ``instance`` and return its result; raise only for check=True or a timeout."""
+    __tracebackhide__ = True
+    command = argv(cmd)
+    stdin_path = None
+    if stdin is not None:
+        # REST exec without websockets has no stdin: hand the data over as a file and redirect.
+        stdin_path = f"/tmp/.lxdsnap-stdin-{secrets.token_hex(6)}"
+        write_file(client, instance, stdin_path, stdin.encode() if isinstance(stdin, str) else stdin, mode=0o600)
+        command = ["sh", "-c", 'exec "$@" < "$0"', stdin_path, *command]
+    body: dict[str, object] = {
+        "command": command,
+        "record-output": True,
+        "wait-for-websocket": False,
+        "interactive": False,
+        "environment": dict(env or {}),
+    }
+    if cwd is not None:
+        body["cwd"] = cwd
+    if user is not None:
+        body["user"] = user
+        body["group"] = user if group is None else group
+    node = client.api.instances[instance]
+    shown = tuple(argv(cmd))
+    try:
+        metadata = wait(client, node.exec.post(json=body), timeout)
+    except TimeoutError:
+        raise ExecTimeout(
+            f"{shlex.join(shown)} in {instance} did not finish within {timeout:g} s "
+            "(it may run on until the container is reset)"
+        ) from None
+    except OperationFailed as exc:
+        if "not found" not in str(exc).lower():
+            raise ExecError(f"LXD could not run {shlex.join(shown)} in {instance}: {exc}") from None
+        result = ExecResult(shown, COMMAND_NOT_FOUND, b"",
+                            f"lxdsnap: {shown[0]}: command not found in {instance}\n".encode())
+    else:
+        outputs = {fd: _pop_log(node, path) for fd, path in (metadata.get("output") or {}).items()}
+        result = ExecResult(shown, int(metadata.get("return", -1)), outputs.get("1", b""), outputs.get("2", b""))
+    finally:
+        if stdin_path:
+            _delete_quietly(node, stdin_path)
+    if check and result.exit_code != 0:
+        raise ExecError(
+            f"{shlex.join(shown)} in {instance} exited {result.exit_code}\n"
+            f"stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}",
+            result,
+        )
+    return result
+
+
+def _pop_log(node: object, path: str) -> bytes:
+    """Read an exec log file and delete it, so repeated execs leave nothing in /var/log/lxd."""
+    log = node.logs[path.rsplit("/", 1)[-1]]  # type: ignore[attr-defined]
+    data = log.get(is_api=False).content
+    try:
+        log.delete()
+    except LXDAPIException:
+        pass  # a log we cannot delete is LXD's to rotate
+    return data
+
+
+def _delete_quietly(node: object, path: str) -> None:
+    try:
+        node.files.delete(params={"path": path})  # type: ignore[attr-defined]
+    except LXDAPIException:
+        pass
+
+
+def read_file(client: pylxd.Client, instance: str, path: str) -> bytes:
+    """The bytes of a file in the instance; FileNotFoundError names the instance and path."""
+    try:
+        return client.api.instances[instance].files.get(params={"path": path}, is_api=False).content
+    except NotFound:
+        raise FileNotFoundError(f"{path} does not exist in {instance}") from None
+    except LXDAPIException as exc:
+        raise OSError(f"cannot read {path} in {instance}: {api_error(exc)}") from None
+
+
+def path_exists(client: pylxd.Client, instance: str, path: str) -> bool:
+    try:
+        client.api.instances[instance].files.get(params={"path": path}, is_api=False)
+    except NotFound:
+        return False
+    return True
+
+
+def write_file(
+    client: pylxd.Client, instance: str, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> None:
+    """Create or replace a file in the instance (parent directories must exist)."""
+    headers = {"X-LXD-type": "file", "X-LXD-mode": f"{mode:04o}", "X-LXD-uid": str(uid), "X-LXD-gid": str(gid),
+               "X-LXD-write": "overwrite", "Content-Type": "application/octet-stream"}
+    try:
+        client.api.instances[instance].files.post(params={"path": path}, data=data, headers=headers)
+    except LXDAPIException as exc:
+        raise OSError(f"cannot write {path} in {instance}: {api_error(exc)}") from None

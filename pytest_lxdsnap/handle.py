@@ -1,0 +1,93 @@
+"""The object a test gets from ``lxd["web"]``: exec, files, status, and the pylxd instance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+
+import pylxd
+from pylxd.models import Instance
+
+from . import execution
+from .execution import ExecResult
+from .lxdapi import quiet_pylxd, status
+
+
+class Container:
+    """A container a test declared in its ``lxd`` marker.
+
+    ``name`` is the name the test used; ``instance_name`` the LXD instance behind it (the same for
+    an existing container, ``lxdsnap-<name>-<session>`` for a declared one).
+    """
+
+    def __init__(self, client: pylxd.Client, name: str, instance_name: str) -> None:
+        self._client = client
+        self.name = name
+        self.instance_name = instance_name
+
+    def __repr__(self) -> str:
+        return f"<lxdsnap.Container {self.name!r} instance={self.instance_name!r}>"
+
+    @property
+    def status(self) -> str:
+        """LXD's status of the instance now: ``"Running"``, ``"Stopped"`` ..."""
+        return status(self._client, self.instance_name)
+
+    @cached_property
+    def instance(self) -> Instance:
+        """The pylxd ``Instance`` for power users (its ``execute`` is slow: prefer :meth:`exec`)."""
+        with quiet_pylxd():
+            return self._client.instances.get(self.instance_name)
+
+    @property
+    def client(self) -> pylxd.Client:
+        """The pylxd client the plugin uses."""
+        return self._client
+
+    def exec(
+        self,
+        cmd: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: int | str | None = None,
+        stdin: bytes | str | None = None,
+        check: bool = False,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``cmd`` (argv list; a plain string runs with ``sh -c``) and return its result.
+
+        A non-zero exit is returned, not raised, unless ``check=True``. ``user`` is a uid or a user name.
+        """
+        __tracebackhide__ = True
+        uid = gid = None
+        if isinstance(user, str):
+            uid, gid = self._resolve_user(user)
+        elif user is not None:
+            uid = gid = int(user)
+        return execution.exec_command(self._client, self.instance_name, cmd, env=env, cwd=cwd, user=uid,
+                                      group=gid, stdin=stdin, check=check, timeout=timeout)
+
+    def _resolve_user(self, user: str) -> tuple[int, int]:
+        ids = execution.exec_command(self._client, self.instance_name, ["sh", "-c", 'id -u "$0" && id -g "$0"', user])
+        if ids.exit_code != 0:
+            raise ValueError(f"user {user!r} does not exist in {self.instance_name}: {ids.stderr.strip()}")
+        uid, gid = ids.stdout.split()
+        return int(uid), int(gid)
+
+    def read_bytes(self, path: str) -> bytes:
+        return execution.read_file(self._client, self.instance_name, path)
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self.read_bytes(path).decode(encoding)
+
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+        execution.write_file(self._client, self.instance_name, path, data, mode=mode, uid=uid, gid=gid)
+
+    def write_text(self, path: str, text: str, *, encoding: str = "utf-8", mode: int = 0o644, uid: int = 0,
+                   gid: int = 0) -> None:
+        self.write_bytes(path, text.encode(encoding), mode=mode, uid=uid, gid=gid)
+
+    def exists(self, path: str) -> bool:
+        """True when ``path`` (a file or a directory) exists in the container."""
+        return execution.path_exists(self._client, self.instance_name, path)

@@ -1,0 +1,171 @@
+"""Make a Debian/Ubuntu host ready for the plugin, and report what is missing (``lxdsnap setup``/``doctor``).
+
+Every step checks first and changes only what is missing, so running setup twice is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pylxd.exceptions import LXDAPIException, NotFound
+
+from .connection import Endpoint, connect, default_socket
+from .errors import LxdSnapError, LxdUnreachable
+from .image import BUSYBOX, IMAGE_ALIAS, import_image
+
+APT_PACKAGES = {"lxd": "lxd", "lxc": "lxd-client", "mkfs.btrfs": "btrfs-progs", BUSYBOX: "busybox-static"}
+DAEMON_LOG = "/var/log/lxd-lxdsnap.log"
+DEFAULT_POOL = "default"
+DEFAULT_POOL_SIZE = "8GiB"
+
+
+@dataclass
+class Check:
+    """One line of ``lxdsnap doctor``: what was looked at, whether it is fine, and the fix."""
+
+    what: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _have(tool: str) -> bool:
+    return os.path.exists(tool) if tool.startswith("/") else shutil.which(tool) is not None
+
+
+def kernel_has_btrfs() -> bool:
+    try:
+        with open("/proc/filesystems", encoding="ascii") as fh:
+            return any(line.split()[-1] == "btrfs" for line in fh if line.strip())
+    except OSError:
+        return False
+
+
+def missing_packages() -> list[str]:
+    return sorted({pkg for tool, pkg in APT_PACKAGES.items() if not _have(tool)})
+
+
+def install_packages(log: Callable[[str], None]) -> None:
+    packages = missing_packages()
+    if not packages:
+        log("packages: lxd, lxd-client, btrfs-progs, busybox-static already installed")
+        return
+    if not shutil.which("apt-get"):
+        raise LxdSnapError(f"missing {', '.join(packages)} and no apt-get here: install LXD by hand")
+    log(f"packages: installing {' '.join(packages)} with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def daemon_reachable(endpoint: Endpoint) -> bool:
+    try:
+        connect(endpoint)
+    except LxdUnreachable:
+        return False
+    return True
+
+
+def start_daemon(endpoint: Endpoint, log: Callable[[str], None]) -> None:
+    """Start LXD through systemd when it runs, else as a detached process; then wait until ready."""
+    if daemon_reachable(endpoint):
+        log(f"daemon: reachable at {endpoint.describe()}")
+        return
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+        log("daemon: starting with systemctl start lxd")
+        subprocess.run(["systemctl", "start", "lxd"], check=False)
+    else:
+        log(f"daemon: no service manager, starting `lxd --group root` detached (log {DAEMON_LOG})")
+        with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
+            subprocess.Popen(
+                ["lxd", "--group", "root", "--logfile", DAEMON_LOG],
+                stdin=devnull_in, stdout=devnull_out, stderr=devnull_out, start_new_session=True,
+            )
+    subprocess.run(["lxd", "waitready", "--timeout", "60"], check=True)
+    deadline = time.monotonic() + 30
+    while not daemon_reachable(endpoint):
+        if time.monotonic() > deadline:
+            raise LxdUnreachable(f"LXD started but {endpoint.describe()} does not answer; see {DAEMON_LOG}")
+        time.sleep(0.2)
+
+
+def ensure_pool(endpoint: Endpoint, log: Callable[[str], None], driver: str = "auto",
+                name: str = DEFAULT_POOL, size: str = DEFAULT_POOL_SIZE) -> None:
+    """A storage pool and a default profile whose root disk uses it (no network device: no bridges)."""
+    client = connect(endpoint)
+    pools = [p["name"] for p in client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]]
+    if name not in pools:
+        if driver == "auto":
+            driver = "btrfs" if kernel_has_btrfs() and _have("mkfs.btrfs") else "dir"
+        config = {"size": size} if driver == "btrfs" else {}
+        log(f"pool: creating {driver} pool {name!r}" + (f" ({size} loop file)" if config else ""))
+        client.api.storage_pools.post(json={"name": name, "driver": driver, "config": config})
+    else:
+        log(f"pool: {name!r} exists")
+    profile = client.api.profiles["default"].get().json()["metadata"]
+    if "root" not in profile["devices"]:
+        log(f"profile: default profile's root disk -> pool {name!r}")
+        devices = dict(profile["devices"], root={"type": "disk", "path": "/", "pool": name})
+        client.api.profiles["default"].patch(json={"devices": devices})
+
+
+def ensure_image(endpoint: Endpoint, log: Callable[[str], None]) -> None:
+    client = connect(endpoint)
+    try:
+        client.api.images.aliases[IMAGE_ALIAS].get()
+        log(f"image: {IMAGE_ALIAS} present")
+    except NotFound:
+        fingerprint = import_image(client)
+        log(f"image: imported {IMAGE_ALIAS} ({fingerprint[:12]}) from {BUSYBOX}")
+
+
+def setup(endpoint: Endpoint, log: Callable[[str], None] = print, pool_driver: str = "auto") -> None:
+    """Install, start and initialise LXD, and import the offline test image. Idempotent."""
+    if endpoint.url and endpoint.url.startswith("https://"):
+        raise LxdSnapError("lxdsnap setup prepares the local host only: run it on the LXD host itself")
+    install_packages(log)
+    start_daemon(endpoint, log)
+    ensure_pool(endpoint, log, driver=pool_driver)
+    ensure_image(endpoint, log)
+    log("ready: run `pytest` (or `make demo`)")
+
+
+def doctor(endpoint: Endpoint) -> list[Check]:
+    """What is present, what is missing, and the fix for each."""
+    checks = [
+        Check(f"tool {tool}", _have(tool), "found" if _have(tool) else "missing", f"apt-get install {pkg}")
+        for tool, pkg in APT_PACKAGES.items()
+    ]
+    checks.append(Check("kernel btrfs", kernel_has_btrfs(), "available" if kernel_has_btrfs() else "not in "
+                        "/proc/filesystems", "without btrfs the pool is dir: snapshots copy the whole rootfs"))
+    try:
+        client = connect(endpoint)
+    except LxdSnapError as exc:
+        checks.append(Check("daemon", False, str(exc).splitlines()[0], "lxdsnap setup"))
+        return checks
+    info = client.api.get().json()["metadata"]
+    checks.append(Check("daemon", True, f"{endpoint.describe()}: {info['environment'].get('server_name', '')} "
+                        f"{info['environment'].get('server', 'lxd')} {info['environment'].get('server_version')}"))
+    pools = client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]
+    checks.append(Check("storage pools", bool(pools), ", ".join(f"{p['name']} ({p['driver']})" for p in pools)
+                        or "none", "lxdsnap setup"))
+    for p in pools:
+        if p["driver"] == "dir":
+            checks.append(Check(f"pool {p['name']}", False, "dir driver: every snapshot copies the whole rootfs",
+                                "a copy-on-write pool is much faster: lxc storage create fast btrfs size=8GiB"))
+    profile = client.api.profiles["default"].get().json()["metadata"]
+    root = profile["devices"].get("root")
+    checks.append(Check("default profile root disk", root is not None,
+                        f"pool {root['pool']}" if root else "missing", "lxdsnap setup"))
+    try:
+        client.api.images.aliases[IMAGE_ALIAS].get()
+        checks.append(Check(f"image {IMAGE_ALIAS}", True, "present"))
+    except LXDAPIException:
+        checks.append(Check(f"image {IMAGE_ALIAS}", False, "missing", "lxdsnap setup"))
+    checks.append(Check("socket", True, endpoint.url or default_socket()))
+    return checks

@@ -1,0 +1,183 @@
+"""Thin, typed wrappers over the LXD REST calls the plugin makes (no pytest here).
+
+Every destructive call checks ownership first. Snapshots are deleted only through
+:func:`delete_owned_snapshot`, whose URL always names ``/instances/<i>/snapshots/<s>`` with a
+validated plugin snapshot name: that code path cannot delete an instance (the tutorial's
+``lxc delete c/snap`` vs ``lxc delete c`` trap).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pylxd
+from pylxd.exceptions import LXDAPIException, NotFound
+
+from .errors import OwnershipError
+from .ownership import CREATED_KEY, OWNER_KEY, SessionIdentity, is_plugin_snapshot_name
+
+RUNNING = "Running"
+STOPPED = "Stopped"
+
+
+class OperationFailed(Exception):
+    """An LXD background operation ended in failure."""
+
+
+@contextmanager
+def quiet_pylxd() -> Iterator[None]:
+    """Silence pylxd's 'Attempted to set unknown attribute' warnings for fields newer than it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempted to set unknown attribute", category=UserWarning)
+        yield
+
+
+def api_error(exc: LXDAPIException) -> str:
+    """The daemon's own error text of a failed call."""
+    try:
+        return str(exc.response.json().get("error") or exc)
+    except Exception:  # noqa: BLE001 - the response may not be JSON at all
+        return str(exc)
+
+
+def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> dict[str, Any]:
+    """Wait for the background operation a POST/PUT started; its metadata, or OperationFailed."""
+    body = response.json()
+    if body.get("type") != "async":
+        return body.get("metadata") or {}
+    op_id = body["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    params = {"timeout": int(timeout) if timeout else -1}
+    http_timeout = None if timeout is None else timeout + 10
+    op = client.api.operations[op_id].wait.get(params=params, timeout=http_timeout).json()["metadata"]
+    if op["status"] == "Running":
+        raise TimeoutError(f"LXD operation {op['description']!r} still running after {timeout:g} s")
+    if op["status_code"] != 200:
+        raise OperationFailed(op.get("err") or op["status"])
+    return op.get("metadata") or {}
+
+
+def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
+    """The instance's record (config, devices, status ...); raises NotFound."""
+    return client.api.instances[name].get().json()["metadata"]
+
+
+def instance_exists(client: pylxd.Client, name: str) -> bool:
+    try:
+        client.api.instances[name].get()
+    except NotFound:
+        return False
+    return True
+
+
+def status(client: pylxd.Client, name: str) -> str:
+    return client.api.instances[name].state.get().json()["metadata"]["status"]
+
+
+def set_power(client: pylxd.Client, name: str, action: str, *, timeout: float = 60) -> None:
+    """start / stop (forced: the snapshot is stateless, nothing to flush) / restart."""
+    body: dict[str, Any] = {"action": action, "timeout": int(timeout)}
+    if action in ("stop", "restart"):
+        body["force"] = True
+    wait(client, client.api.instances[name].state.put(json=body), timeout)
+
+
+def set_config_key(client: pylxd.Client, name: str, key: str, value: str | None) -> None:
+    """Add, change (value) or remove (None) one config key, leaving every other key as it is."""
+    node = client.api.instances[name]
+    response = node.get()
+    record = response.json()["metadata"]
+    config = dict(record["config"])
+    if value is None:
+        if key not in config:
+            return
+        del config[key]
+    else:
+        config[key] = value
+    body = {k: record[k] for k in ("architecture", "description", "devices", "ephemeral", "profiles", "stateful")}
+    body["config"] = config
+    # If-Match: refuse to overwrite a change made by someone else since we read the record.
+    wait(client, node.put(json=body, headers={"If-Match": response.headers.get("ETag", "")}))
+
+
+def list_snapshots(client: pylxd.Client, instance: str) -> list[dict[str, Any]]:
+    return client.api.instances[instance].snapshots.get(params={"recursion": 1}).json()["metadata"]
+
+
+def create_owned_snapshot(
+    client: pylxd.Client, instance: str, snapshot: str, identity: SessionIdentity, ttl: float
+) -> None:
+    """Take a stateless snapshot that expires after ``ttl`` seconds.
+
+    The instance must already carry this session's owner tag (the snapshot copies its config).
+    """
+    if not is_plugin_snapshot_name(snapshot):
+        raise ValueError(f"refusing to create a snapshot without the plugin prefix: {snapshot!r}")
+    if not identity.owns(get_instance(client, instance)["config"]):
+        raise OwnershipError(f"instance {instance!r} does not carry this session's {OWNER_KEY} tag")
+    expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
+    body = {"name": snapshot, "stateful": False, "expires_at": expires}
+    wait(client, client.api.instances[instance].snapshots.post(json=body))
+
+
+def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *, timeout: float = 120) -> None:
+    """Restore ``instance`` to ``snapshot`` (LXD stops and restarts a running instance itself)."""
+    wait(client, client.api.instances[instance].put(json={"restore": snapshot}), timeout)
+
+
+def snapshot_is_owned(client: pylxd.Client, instance: str, snapshot: str, identity: SessionIdentity) -> bool:
+    """True only when the snapshot has the plugin's name shape and this session's tag."""
+    if not is_plugin_snapshot_name(snapshot):
+        return False
+    try:
+        record = client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]
+    except NotFound:
+        return False
+    return identity.owns(record.get("config") or {})
+
+
+def delete_owned_snapshot(client: pylxd.Client, instance: str, snapshot: str, identity: SessionIdentity) -> None:
+    """Delete one of this session's snapshots; refuses anything else."""
+    if not instance or not snapshot or "/" in instance or "/" in snapshot:
+        raise OwnershipError(f"refusing to delete snapshot {instance!r}/{snapshot!r}: malformed name")
+    if not snapshot_is_owned(client, instance, snapshot, identity):
+        raise OwnershipError(
+            f"refusing to delete snapshot {instance}/{snapshot}: it does not carry this session's {OWNER_KEY} tag"
+        )
+    wait(client, client.api.instances[instance].snapshots[snapshot].delete())
+
+
+def owned_snapshots(client: pylxd.Client, instance: str, identity: SessionIdentity) -> list[str]:
+    """Names of this session's snapshots on ``instance`` (name shape and tag both checked)."""
+    return [
+        s["name"]
+        for s in list_snapshots(client, instance)
+        if is_plugin_snapshot_name(s["name"]) and identity.owns(s.get("config") or {})
+    ]
+
+
+def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIdentity) -> None:
+    """Stop and delete an instance this session created; refuses any other instance."""
+    record = get_instance(client, name)
+    if not identity.owns(record["config"], CREATED_KEY):
+        raise OwnershipError(f"refusing to delete instance {name!r}: this session did not create it")
+    if record["status"] != STOPPED:
+        set_power(client, name, "stop")
+    wait(client, client.api.instances[name].delete())
+
+
+def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:
+    """Names of instances this session created (tag checked)."""
+    records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    return [r["name"] for r in records if identity.owns(r.get("config") or {}, CREATED_KEY)]
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> float:
+    """Run fn and return the seconds it took."""
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start

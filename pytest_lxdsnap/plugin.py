@@ -1,0 +1,222 @@
+"""pytest glue: options, the ``lxd`` marker, the ``lxd`` fixture, cleanup and the summary.
+
+The LXD work lives in :mod:`pytest_lxdsnap.session`; tests without the marker pay nothing and no
+connection to LXD is opened for a suite that has no marked test.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Generator, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from .connection import Endpoint
+from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
+from .handle import Container
+from .session import DEFAULT_SNAPSHOT_TTL, LxdSession, Tracked
+from .settings import NAME, load
+
+SESSION = pytest.StashKey[LxdSession]()
+MARKER = "lxd"
+MARKER_OPTIONS: dict[str, str] = {}  # marker keyword options and what they do; none in this release
+MARKER_HELP = (
+    "lxd(*names): the LXD containers this test uses, by declared name ([tool.lxdsnap.containers.<name>]) or "
+    "existing instance name; each is restored to its snapshot after the test"
+)
+OPTIONS = [
+    ("--lxd-endpoint", "lxd_endpoint", "Unix socket path or https:// URL of LXD (default: the local socket)"),
+    ("--lxd-project", "lxd_project", "LXD project of the containers (default: LXD's default project)"),
+    ("--lxd-snapshot-ttl", "lxd_snapshot_ttl",
+     f"Seconds after which LXD deletes a plugin snapshot even if the run crashed (default {DEFAULT_SNAPSHOT_TTL:g})"),
+    ("--lxd-timeout", "lxd_timeout", "Seconds to wait for one LXD API request (default 120)"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lxdsnap", "LXD container snapshots (pytest-lxdsnap)")
+    for flag, ini, help_text in OPTIONS:
+        group.addoption(flag, dest=ini, default=None, help=help_text)
+        parser.addini(ini, help_text, default=None)
+
+
+def _option(config: pytest.Config, name: str) -> str | None:
+    value = config.getoption(name)
+    return value if value is not None else config.getini(name)
+
+
+def _seconds(config: pytest.Config, name: str, default: float) -> float:
+    raw = _option(config, name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise pytest.UsageError(f"{name} (--{name.replace('_', '-')}): expected a positive number of seconds, "
+                                f"got {raw!r}")
+    return value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    pyproject = config.inipath if config.inipath and config.inipath.name == "pyproject.toml" else None
+    try:
+        specs = load(pyproject or Path(config.rootpath) / "pyproject.toml")
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    endpoint = Endpoint(
+        url=_option(config, "lxd_endpoint") or None,
+        project=_option(config, "lxd_project") or None,
+        timeout=_seconds(config, "lxd_timeout", 120.0),
+    )
+    ttl = _seconds(config, "lxd_snapshot_ttl", DEFAULT_SNAPSHOT_TTL)
+    config.stash[SESSION] = LxdSession(endpoint, specs, snapshot_ttl=ttl)
+
+
+def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:
+    """The marker's API: ``@pytest.mark.lxd("web", "db")``."""
+    if not names:
+        raise ValueError("@pytest.mark.lxd needs at least one container name, e.g. @pytest.mark.lxd(\"web\")")
+    for name in names:
+        if not isinstance(name, str) or not (NAME.match(name) or _is_instance_name(name)):
+            raise ValueError(f"@pytest.mark.lxd: {name!r} is not a container name (letters, digits and '-')")
+    for option in options:
+        valid = ", ".join(MARKER_OPTIONS) or "none yet"
+        raise ValueError(f"@pytest.mark.lxd: unknown option {option!r}; valid options: {valid}")
+    return names
+
+
+def _is_instance_name(name: str) -> bool:
+    return 0 < len(name) <= 63 and name[0].isalpha() and all(c.isalnum() or c == "-" for c in name)
+
+
+def marker_names(item: pytest.Item) -> tuple[str, ...]:
+    """The container names of every ``lxd`` marker on the item, its class and module (closest first)."""
+    names: list[str] = []
+    for mark in item.iter_markers(MARKER):
+        for name in _validate_marker(*mark.args, **mark.kwargs):
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            marker_names(item)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Connect once, before the first test, and only when some test carries the marker."""
+    if not any(item.get_closest_marker(MARKER) for item in session.items):
+        return
+    try:
+        session.config.stash[SESSION].connect()
+    except (LxdUnreachable, ConfigError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+class UndeclaredContainer(LookupError):
+    """A test asked ``lxd`` for a container its marker does not name."""
+
+
+class Containers(Mapping[str, Container]):
+    """What the ``lxd`` fixture returns: ``lxd["web"]`` is the container the marker declared as "web"."""
+
+    def __init__(self, nodeid: str, containers: dict[str, Container]) -> None:
+        self._nodeid = nodeid
+        self._containers = containers
+
+    def __getitem__(self, name: str) -> Container:
+        __tracebackhide__ = True
+        try:
+            return self._containers[name]
+        except KeyError:
+            declared = ", ".join(f'"{n}"' for n in self._containers)
+            wanted = ", ".join(f'"{n}"' for n in [*self._containers, name])
+            raise UndeclaredContainer(
+                f"container {name!r} is not declared for {self._nodeid} (declared: {declared}); "
+                f"add it to the marker: @pytest.mark.lxd({wanted})"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._containers)
+
+    def __len__(self) -> int:
+        return len(self._containers)
+
+
+@pytest.fixture(autouse=True)
+def _lxdsnap_marker(request: pytest.FixtureRequest) -> None:
+    """Reset the containers of marked tests; unmarked tests pay one marker lookup."""
+    if request.node.get_closest_marker(MARKER) is not None:
+        request.getfixturevalue("_lxdsnap_containers")
+
+
+@pytest.fixture
+def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]:
+    lxd = request.config.stash[SESSION]
+    names = marker_names(request.node)
+    try:
+        tracked = lxd.acquire(names)
+    except LxdSnapError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield Containers(request.node.nodeid, {t.name: Container(lxd.client, t.name, t.instance) for t in tracked})
+    try:
+        lxd.reset(tracked)
+    except ResetError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def lxd(request: pytest.FixtureRequest) -> Containers:
+    """The containers of this test's ``@pytest.mark.lxd(...)``: ``lxd["web"].exec(["hostname"])``."""
+    if request.node.get_closest_marker(MARKER) is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses the lxd fixture without declaring containers: "
+            "add @pytest.mark.lxd(\"<name>\", ...) naming the containers it uses",
+            pytrace=False,
+        )
+    return request.getfixturevalue("_lxdsnap_containers")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After the last fixture teardown (and so the last reset): remove what the session made."""
+    lxd = session.config.stash.get(SESSION, None)
+    if lxd is None or not lxd.connected:
+        return
+    leftovers = lxd.finish()
+    session.config.stash[LEFTOVERS] = leftovers
+    if (leftovers or lxd.problems) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+LEFTOVERS = pytest.StashKey[list]()
+
+
+def _summary_line(t: Tracked, leftovers: int) -> str:
+    median = f", median {statistics.median(t.reset_times):.2f} s" if t.reset_times else ""
+    return (f"{t.name} ({t.kind}, instance {t.instance}): {t.resets} resets, {t.reset_seconds:.2f} s resetting"
+            f"{median}, leftovers {leftovers}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lxd = config.stash.get(SESSION, None)
+    if lxd is None or not lxd.tracked:
+        return
+    leftovers = config.stash.get(LEFTOVERS, [])
+    terminalreporter.write_sep("-", "lxdsnap")
+    for t in lxd.tracked.values():
+        mine = sum(1 for lo in leftovers if lo.container in (t.name, t.instance))
+        terminalreporter.write_line(_summary_line(t, mine), red=bool(mine))
+    for lo in leftovers:
+        terminalreporter.write_line(f"LEFTOVER {lo.what}", red=True)
+    for problem in lxd.problems:
+        terminalreporter.write_line(f"PROBLEM {problem}", red=True)

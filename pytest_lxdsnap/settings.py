@@ -1,0 +1,114 @@
+"""The ``[tool.lxdsnap]`` table of pyproject.toml: declared containers, validated with exact key paths."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+TABLE = "tool.lxdsnap"
+TOP_KEYS = {"containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each"}
+CONTAINER_KEYS = {
+    "image": "local image alias or fingerprint (required), or remote:alias",
+    "pool": "storage pool for the root disk",
+    "profiles": "list of profiles (default: [\"default\"])",
+    "config": "table of LXD config keys, e.g. \"limits.memory\" = \"256MiB\"",
+    "provision": "list of shell commands run once after launch, before the baseline snapshot",
+}
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A container the suite declares and launches itself."""
+
+    name: str
+    image: str
+    pool: str | None = None
+    profiles: tuple[str, ...] = ("default",)
+    config: dict[str, str] = field(default_factory=dict)
+    provision: tuple[str, ...] = ()
+
+    @property
+    def image_remote(self) -> str | None:
+        return self.image.split(":", 1)[0] if ":" in self.image else None
+
+
+def _choices(keys: dict[str, str]) -> str:
+    return "; ".join(f"{k} ({v})" for k, v in keys.items())
+
+
+def _str_list(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: expected a list of strings, got {type(value).__name__} {value!r}")
+    return tuple(value)
+
+
+def parse_container(name: str, table: Any) -> ContainerSpec:
+    path = f"[{TABLE}.containers.{name}]"
+    if not NAME.match(name):
+        raise ConfigError(f"{path}: container names use lowercase letters, digits and '-', start with a letter, "
+                          "and are at most 40 characters")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(CONTAINER_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {_choices(CONTAINER_KEYS)}")
+    if "image" not in table:
+        raise ConfigError(f"{path}: missing required key 'image' (a local image alias such as "
+                          "\"lxdsnap/busybox\", which `lxdsnap setup` imports, or a fingerprint)")
+    image = table["image"]
+    if not isinstance(image, str) or not image:
+        raise ConfigError(f"{path} image: expected a non-empty string, got {image!r}")
+    pool = table.get("pool")
+    if pool is not None and (not isinstance(pool, str) or not pool):
+        raise ConfigError(f"{path} pool: expected a storage pool name (string), got {pool!r}")
+    config_table = table.get("config", {})
+    if not isinstance(config_table, dict):
+        raise ConfigError(f"{path} config: expected a table of LXD config keys, got {type(config_table).__name__}")
+    config: dict[str, str] = {}
+    for key, value in config_table.items():
+        if isinstance(value, bool):
+            config[key] = "true" if value else "false"
+        elif isinstance(value, int | str):
+            config[key] = str(value)
+        else:
+            raise ConfigError(f"{path} config.{key}: expected a string, integer or boolean, "
+                              f"got {type(value).__name__} {value!r}")
+        if key.startswith("user.lxdsnap."):
+            raise ConfigError(f"{path} config.{key}: keys under user.lxdsnap. belong to the plugin")
+    profiles = _str_list(table["profiles"], f"{path} profiles") if "profiles" in table else ("default",)
+    provision = _str_list(table.get("provision", []), f"{path} provision")
+    return ContainerSpec(name, image, pool, profiles, config, provision)
+
+
+def parse_table(data: dict[str, Any]) -> dict[str, ContainerSpec]:
+    """Validate a ``[tool.lxdsnap]`` table (as a dict) into container specs by name."""
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"[{TABLE}]: unknown key {unknown[0]!r}; valid keys: {_choices(TOP_KEYS)}")
+    containers = data.get("containers", {})
+    if not isinstance(containers, dict):
+        raise ConfigError(f"[{TABLE}] containers: expected a table of tables, got {type(containers).__name__}")
+    return {name: parse_container(name, table) for name, table in containers.items()}
+
+
+def load(pyproject: Path) -> dict[str, ContainerSpec]:
+    """Declared containers from ``pyproject`` (none when the file or the table is absent)."""
+    if not pyproject.is_file():
+        return {}
+    try:
+        with pyproject.open("rb") as fh:
+            document = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
+    table = document.get("tool", {}).get("lxdsnap")
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{TABLE}] in {pyproject}: expected a table")
+    return parse_table(table)
