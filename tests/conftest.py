@@ -1,0 +1,106 @@
+"""Shared fixtures: a real LXD connection (a missing LXD fails, never skips) and throwaway instances."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pylxd
+import pytest
+
+from pytest_lxdsnap import lxdapi
+from pytest_lxdsnap.connection import Endpoint, connect
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.image import IMAGE_ALIAS
+
+TEST_PREFIX = "t-lxdsnap-"  # instances the self-tests create; never the plugin's "lxdsnap-" prefix
+
+PYPROJECT = """
+[tool.pytest.ini_options]
+filterwarnings = ["error"]
+addopts = "--strict-markers -p no:cacheprovider"
+"""
+
+
+@pytest.fixture(scope="session")
+def lxd_client() -> pylxd.Client:
+    """The real daemon. Tests that need LXD fail here when it is missing: run `make setup`."""
+    try:
+        return connect(Endpoint())
+    except LxdSnapError as exc:
+        pytest.fail(f"these tests need a real LXD daemon; run `make setup` (or `lxdsnap setup`) first.\n{exc}",
+                    pytrace=False)
+
+
+def lxc(*args: str) -> str:
+    """Run the lxc client, as a user would, to check the plugin from outside."""
+    return subprocess.run(["lxc", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def make_instance(lxd_client: pylxd.Client) -> Iterator[Callable[..., str]]:
+    """Create a busybox instance that plays the user's own container; deleted after the test."""
+    made: list[str] = []
+
+    def make(*, running: bool = True, snapshot: str | None = None, config: dict[str, str] | None = None) -> str:
+        name = f"{TEST_PREFIX}{secrets.token_hex(3)}"
+        body = {"name": name, "source": {"type": "image", "alias": IMAGE_ALIAS}, "config": config or {}}
+        lxdapi.wait(lxd_client, lxd_client.api.instances.post(json=body))
+        made.append(name)
+        if running:
+            lxdapi.set_power(lxd_client, name, "start")
+        if snapshot:
+            lxdapi.wait(lxd_client, lxd_client.api.instances[name].snapshots.post(json={"name": snapshot}))
+        return name
+
+    yield make
+    for name in made:
+        if lxdapi.instance_exists(lxd_client, name):
+            lxc("delete", "--force", name)
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester directory with the strict settings a real project uses."""
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    return pytester
+
+
+def snapshot_names(client: pylxd.Client, instance: str) -> list[str]:
+    return [s["name"] for s in lxdapi.list_snapshots(client, instance)]
+
+
+def user_config(client: pylxd.Client, instance: str) -> dict[str, object]:
+    """Config (without LXD's volatile keys), devices and profiles: what 'exactly as found' compares."""
+    record = lxdapi.get_instance(client, instance)
+    config = {k: v for k, v in record["config"].items() if not k.startswith("volatile.")}
+    return {"config": config, "devices": record["devices"], "profiles": record["profiles"]}
+
+
+def plugin_leftovers(client: pylxd.Client) -> list[str]:
+    """Every instance, snapshot or config key in LXD that a plugin session or these tests left behind."""
+    found = []
+    for record in client.api.instances.get(params={"recursion": 1}).json()["metadata"]:
+        name = record["name"]
+        if name.startswith(("lxdsnap-", TEST_PREFIX)):
+            found.append(f"instance {name}")
+            continue
+        if any(k.startswith("user.lxdsnap.") for k in record["config"]):
+            found.append(f"config user.lxdsnap.* on {name}")
+        found += [f"snapshot {name}/{s}" for s in snapshot_names(client, name) if s.startswith("lxdsnap-")]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The whole suite must leave nothing behind: fail the run otherwise."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+        return
+    try:
+        client = connect(Endpoint())
+    except LxdSnapError:
+        return  # every LXD test has already failed with the reason
+    leftovers = plugin_leftovers(client)
+    if leftovers:
+        print("\nLEFTOVERS after the test suite:\n  " + "\n  ".join(leftovers))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

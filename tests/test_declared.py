@@ -1,0 +1,101 @@
+"""Containers the suite declares in pyproject.toml: launched, provisioned, reset to the baseline, deleted."""
+
+from __future__ import annotations
+
+from pytest_lxdsnap import lxdapi
+
+from .conftest import PYPROJECT
+
+DECLARED = PYPROJECT + """
+[tool.lxdsnap.containers.web]
+image = "lxdsnap/busybox"
+config = { "user.role" = "web", "limits.processes" = 500 }
+provision = [
+    "mkdir -p /srv/www && echo hello > /srv/www/index.html",
+    "echo provisioned >> /etc/motd",
+]
+
+[tool.lxdsnap.containers.db]
+image = "lxdsnap/busybox"
+pool = "default"
+"""
+
+
+def instances(client) -> set[str]:
+    return {i["name"] for i in client.api.instances.get(params={"recursion": 1}).json()["metadata"]}
+
+
+def test_declared_container_lifecycle(pytester, lxd_client):
+    before = instances(lxd_client)
+    pytester.makefile(".toml", pyproject=DECLARED)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        @pytest.mark.parametrize("attempt", range(3))
+        def test_web(lxd, attempt):
+            web = lxd["web"]
+            assert web.name == "web"
+            assert web.instance_name.startswith("lxdsnap-web-")
+            assert web.read_text("/srv/www/index.html") == "hello\\n"
+            assert web.read_text("/etc/motd").count("provisioned") == 1
+            assert web.instance.config["user.role"] == "web"
+            assert web.instance.config["limits.processes"] == "500"
+            assert not web.exists("/srv/www/changed")
+            web.write_text("/srv/www/changed", "yes")
+            web.exec("rm /srv/www/index.html", check=True)
+
+        @pytest.mark.lxd("web", "db")
+        def test_two(lxd):
+            assert lxd["db"].instance.devices["root"]["pool"] == "default"
+            assert lxd["web"].exists("/srv/www/index.html")
+            lxd["db"].exec(["rm", "-rf", "/etc"], check=True)
+
+        @pytest.mark.lxd("db")
+        def test_db_again(lxd):
+            assert lxd["db"].exists("/etc/passwd")
+
+        def test_without_marker_pays_nothing():
+            pass
+    """)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines([
+        "web (declared, instance lxdsnap-web-*): 4 resets*leftovers 0",
+        "db (declared, instance lxdsnap-db-*): 2 resets*leftovers 0",
+    ])
+    assert instances(lxd_client) == before
+
+
+def test_provisioning_failure_is_reported_once_and_leaves_nothing(pytester, lxd_client):
+    before = instances(lxd_client)
+    pytester.makefile(".toml", pyproject=PYPROJECT + """
+[tool.lxdsnap.containers.broken]
+image = "lxdsnap/busybox"
+provision = ["true", "echo about to fail; echo no such package >&2; exit 7"]
+""")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("broken")
+        @pytest.mark.parametrize("attempt", range(2))
+        def test_uses_it(lxd, attempt):
+            raise AssertionError("the body must not run")
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        "*provisioning declared container 'broken' (instance lxdsnap-broken-*) failed: "
+        "'echo about to fail; echo no such package >&2; exit 7' exited 7",
+        "*stderr: no such package",
+        "*Fix `provision` in [[]tool.lxdsnap.containers.broken]",
+    ])
+    result.stdout.no_fnmatch_line("*the body must not run*")
+    assert instances(lxd_client) == before
+    assert not lxdapi.owned_instances(lxd_client, _any_identity())
+
+
+def _any_identity():
+    from pytest_lxdsnap.ownership import SessionIdentity
+
+    return SessionIdentity()

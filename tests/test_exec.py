@@ -1,0 +1,112 @@
+"""exec and files through the REST API, on a real container."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lxdsnap.errors import ExecError, ExecTimeout
+from pytest_lxdsnap.handle import Container
+
+
+@pytest.fixture
+def box(lxd_client, make_instance) -> Container:
+    name = make_instance(running=True)
+    return Container(lxd_client, "box", name)
+
+
+def test_exit_code_and_output_are_returned_not_raised(box):
+    result = box.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.exit_code, result.stdout, result.stderr, result.ok) == (3, "out\n", "err\n", False)
+
+
+def test_check_raises_with_the_output(box):
+    with pytest.raises(ExecError, match=r"sh -c 'exit 4' in t-lxdsnap-\w+ exited 4") as info:
+        box.exec("exit 4", check=True)
+    assert info.value.result.exit_code == 4
+
+
+def test_argv_is_not_a_shell_string(box):
+    result = box.exec(["echo", "$HOME; rm -rf /"])
+    assert result.stdout == "$HOME; rm -rf /\n"
+    assert box.exists("/bin/sh")
+
+
+def test_a_string_runs_with_sh(box):
+    assert box.exec("echo $((6 * 7))").stdout == "42\n"
+
+
+def test_env_cwd_and_user(box):
+    result = box.exec(["sh", "-c", 'echo "$GREETING $(pwd) $(id -u)"'], env={"GREETING": "hi"}, cwd="/tmp",
+                      user="nobody")
+    assert result.stdout == "hi /tmp 65534\n"
+    assert box.exec(["id", "-u"], user=0).stdout == "0\n"
+
+
+def test_unknown_user_is_a_clear_error(box):
+    with pytest.raises(ValueError, match="user 'nosuchuser' does not exist in t-lxdsnap-"):
+        box.exec(["true"], user="nosuchuser")
+
+
+def test_stdin_text_and_bytes(box):
+    assert box.exec(["cat"], stdin="line one\nline two\n").stdout == "line one\nline two\n"
+    assert box.exec(["wc", "-c"], stdin=bytes(range(256)) * 4).stdout.strip() == "1024"
+    assert box.exec(["ls", "/tmp"]).stdout == ""  # the stdin file is gone
+
+
+def test_missing_binary_gives_a_clear_result(box):
+    result = box.exec(["no-such-binary", "--flag"])
+    assert result.exit_code == 127
+    assert "no-such-binary: command not found in t-lxdsnap-" in result.stderr
+    with pytest.raises(ExecError, match="exited 127"):
+        box.exec(["no-such-binary"], check=True)
+
+
+def test_binary_and_non_utf8_output_survive(box):
+    result = box.exec(["printf", r"\377\000\001abc"])
+    assert result.stdout_bytes == b"\xff\x00\x01abc"
+    assert result.stdout == "\ufffd\x00\x01abc"
+
+
+def test_large_output_survives(box):
+    result = box.exec("head -c 20000000 /dev/zero | tr '\\0' 'x'; echo; echo done >&2")
+    assert len(result.stdout_bytes) == 20_000_001
+    assert result.stdout_bytes.count(b"x") == 20_000_000
+    assert result.stderr == "done\n"
+
+
+def test_timeout(box):
+    with pytest.raises(ExecTimeout, match=r"sleep 30 in t-lxdsnap-\w+ did not finish within 1 s"):
+        box.exec(["sleep", "30"], timeout=1)
+
+
+def test_exec_logs_are_cleaned_up(box, lxd_client):
+    for _ in range(3):
+        box.exec(["true"])
+    logs = lxd_client.api.instances[box.instance_name].logs.get().json()["metadata"]
+    assert not [log for log in logs if "exec_" in log]
+
+
+def test_files_text_bytes_and_errors(box):
+    box.write_text("/root/a.txt", "héllo\n", mode=0o600)
+    assert box.read_text("/root/a.txt") == "héllo\n"
+    assert box.exec(["stat", "-c", "%a %u", "/root/a.txt"]).stdout == "600 0\n"
+    box.write_bytes("/root/b.bin", bytes(range(256)))
+    assert box.read_bytes("/root/b.bin") == bytes(range(256))
+    assert box.exists("/root") and not box.exists("/root/nope")
+    with pytest.raises(FileNotFoundError, match=f"/root/nope does not exist in {box.instance_name}"):
+        box.read_text("/root/nope")
+    with pytest.raises(OSError, match=f"cannot write /no/such/dir/f in {box.instance_name}"):
+        box.write_text("/no/such/dir/f", "x")
+
+
+def test_exec_rejects_a_non_list_command(box):
+    with pytest.raises(TypeError, match="exec takes a non-empty list of strings"):
+        box.exec([])
+    with pytest.raises(TypeError, match="exec takes a non-empty list of strings"):
+        box.exec(["echo", 1])  # type: ignore[list-item]
+
+
+def test_handle_exposes_status_and_pylxd_instance(box):
+    assert box.status == "Running"
+    assert box.instance.name == box.instance_name
+    assert repr(box) == f"<lxdsnap.Container 'box' instance={box.instance_name!r}>"

@@ -1,0 +1,77 @@
+"""The tutorial's warning as a rule: the plugin deletes only what it owns, checked before each call."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lxdsnap import lxdapi
+from pytest_lxdsnap.errors import OwnershipError
+from pytest_lxdsnap.ownership import OWNER_KEY, SessionIdentity
+
+from .conftest import lxc, snapshot_names
+
+
+def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, make_instance):
+    me = SessionIdentity()
+    name = make_instance(snapshot=me.snapshot_name("base"))
+    with pytest.raises(OwnershipError, match=r"does not carry this session's user\.lxdsnap\.owner tag"):
+        lxdapi.delete_owned_snapshot(lxd_client, name, me.snapshot_name("base"), me)
+    assert snapshot_names(lxd_client, name) == [me.snapshot_name("base")]
+
+
+def test_another_sessions_snapshot_is_not_deleted(lxd_client, make_instance):
+    me, other = SessionIdentity(), SessionIdentity()
+    name = make_instance()
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag())
+    lxdapi.create_owned_snapshot(lxd_client, name, other.snapshot_name("base"), other, ttl=600)
+    with pytest.raises(OwnershipError):
+        lxdapi.delete_owned_snapshot(lxd_client, name, other.snapshot_name("base"), me)
+    assert snapshot_names(lxd_client, name) == [other.snapshot_name("base")]
+    lxdapi.delete_owned_snapshot(lxd_client, name, other.snapshot_name("base"), other)
+    assert snapshot_names(lxd_client, name) == []
+
+
+@pytest.mark.parametrize("snapshot", ["", "/", "user-snap", "lxdsnap-"])
+def test_the_snapshot_path_cannot_delete_an_instance(lxd_client, make_instance, snapshot):
+    me = SessionIdentity()
+    name = make_instance(running=False, snapshot="user-snap")
+    with pytest.raises(OwnershipError):
+        lxdapi.delete_owned_snapshot(lxd_client, name, snapshot, me)
+    assert lxdapi.instance_exists(lxd_client, name)
+    assert snapshot_names(lxd_client, name) == ["user-snap"]
+
+
+def test_an_instance_the_session_did_not_create_is_never_deleted(lxd_client, make_instance):
+    me = SessionIdentity()
+    name = make_instance(running=False, config={OWNER_KEY: me.tag()})  # used, but not created, by this session
+    with pytest.raises(OwnershipError, match=f"refusing to delete instance '{name}': this session did not create"):
+        lxdapi.delete_owned_instance(lxd_client, name, me)
+    assert lxdapi.instance_exists(lxd_client, name)
+
+
+def test_snapshots_expire(lxd_client, make_instance):
+    me = SessionIdentity()
+    name = make_instance()
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag())
+    lxdapi.create_owned_snapshot(lxd_client, name, me.snapshot_name("base"), me, ttl=3600)
+    expires = lxc("query", f"/1.0/instances/{name}/snapshots/{me.snapshot_name('base')}")
+    assert '"expires_at": "0001-01-01' not in expires and '"expires_at"' in expires
+    lxdapi.delete_owned_snapshot(lxd_client, name, me.snapshot_name("base"), me)
+
+
+def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, lxd_client):
+    other = SessionIdentity()
+    name = make_instance(config={OWNER_KEY: other.tag()})
+    suite.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lxd("{name}")
+        def test_it(lxd):
+            raise AssertionError("must not run")
+    """)
+    result = suite.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*instance '{name}' is marked as used by another lxdsnap session "
+                                 f"(host *, pid {other.pid}, token {other.token})*"])
+    assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag()
+    assert snapshot_names(lxd_client, name) == []

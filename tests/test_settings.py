@@ -1,0 +1,48 @@
+"""Pure parsing of [tool.lxdsnap] (no LXD needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lxdsnap.errors import ConfigError
+from pytest_lxdsnap.ownership import SessionIdentity, parse_tag
+from pytest_lxdsnap.settings import ContainerSpec, load, parse_table
+
+
+def test_full_declaration():
+    specs = parse_table({"containers": {"web": {
+        "image": "lxdsnap/busybox", "pool": "fast", "profiles": ["default", "extra"],
+        "config": {"limits.cpu": 2, "security.nesting": True, "user.x": "y"}, "provision": ["a", "b"],
+    }}})
+    assert specs == {"web": ContainerSpec("web", "lxdsnap/busybox", "fast", ("default", "extra"),
+                                          {"limits.cpu": "2", "security.nesting": "true", "user.x": "y"}, ("a", "b"))}
+    assert specs["web"].image_remote is None
+    assert parse_table({"containers": {"w": {"image": "images:debian/12"}}})["w"].image_remote == "images"
+
+
+def test_plugin_keys_are_reserved():
+    with pytest.raises(ConfigError, match=r"config.user.lxdsnap.owner: keys under user.lxdsnap. belong"):
+        parse_table({"containers": {"w": {"image": "x", "config": {"user.lxdsnap.owner": "me"}}}})
+
+
+def test_missing_file_or_table_declares_nothing(tmp_path):
+    assert load(tmp_path / "pyproject.toml") == {}
+    (tmp_path / "pyproject.toml").write_text("[tool.other]\nx = 1\n")
+    assert load(tmp_path / "pyproject.toml") == {}
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.lxdsnap\n")
+    with pytest.raises(ConfigError, match=r"pyproject\.toml: not valid TOML"):
+        load(tmp_path / "pyproject.toml")
+
+
+def test_session_tag_round_trip_and_foreign_values():
+    me = SessionIdentity()
+    assert parse_tag(me.tag()) == me
+    assert me.owns({"user.lxdsnap.owner": me.tag()})
+    assert not me.owns({"user.lxdsnap.owner": SessionIdentity().tag()})
+    for junk in (None, "", "yes", "{}", '{"token": 1}'):
+        assert parse_tag(junk) is None
+    with pytest.raises(ValueError, match="invalid snapshot label"):
+        me.snapshot_name("Bad Label")
