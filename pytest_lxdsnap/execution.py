@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pylxd
 from pylxd.exceptions import LXDAPIException, NotFound
@@ -72,12 +72,12 @@ def exec_command(
     """Run ``cmd`` in ``instance`` and return its result; raise only for check=True or a timeout."""
     __tracebackhide__ = True
     command = argv(cmd)
-    stdin_path = None
     if stdin is not None:
-        # REST exec without websockets has no stdin: hand the data over as a file and redirect.
+        # REST exec without websockets has no stdin: hand the data over as a file, which the
+        # wrapper opens as fd 0 and unlinks before it runs the command.
         stdin_path = f"/tmp/.lxdsnap-stdin-{secrets.token_hex(6)}"
         write_file(client, instance, stdin_path, stdin.encode() if isinstance(stdin, str) else stdin, mode=0o600)
-        command = ["sh", "-c", 'exec "$@" < "$0"', stdin_path, *command]
+        command = ["sh", "-c", 'exec 0<"$0" && rm -f "$0" && exec "$@"', stdin_path, *command]
     body: dict[str, object] = {
         "command": command,
         "record-output": True,
@@ -100,16 +100,15 @@ def exec_command(
             "(it may run on until the container is reset)"
         ) from None
     except OperationFailed as exc:
-        if "not found" not in str(exc).lower():
+        # LXD fails the operation for exit codes 126/127 ("Command not found") but still reports them.
+        if "return" not in exc.metadata:
             raise ExecError(f"LXD could not run {shlex.join(shown)} in {instance}: {exc}") from None
-        result = ExecResult(shown, COMMAND_NOT_FOUND, b"",
-                            f"lxdsnap: {shown[0]}: command not found in {instance}\n".encode())
-    else:
-        outputs = {fd: _pop_log(node, path) for fd, path in (metadata.get("output") or {}).items()}
-        result = ExecResult(shown, int(metadata.get("return", -1)), outputs.get("1", b""), outputs.get("2", b""))
-    finally:
-        if stdin_path:
-            _delete_quietly(node, stdin_path)
+        metadata = exc.metadata
+    outputs = {fd: _pop_log(node, path) for fd, path in (metadata.get("output") or {}).items()}
+    result = ExecResult(shown, int(metadata.get("return", -1)), outputs.get("1", b""), outputs.get("2", b""))
+    if result.exit_code in (126, 127) and not result.stderr_bytes:
+        problem = "command not found" if result.exit_code == 127 else "not executable"
+        result = replace(result, stderr_bytes=f"lxdsnap: {shown[0]}: {problem} in {instance}\n".encode())
     if check and result.exit_code != 0:
         raise ExecError(
             f"{shlex.join(shown)} in {instance} exited {result.exit_code}\n"
@@ -128,13 +127,6 @@ def _pop_log(node: object, path: str) -> bytes:
     except LXDAPIException:
         pass  # a log we cannot delete is LXD's to rotate
     return data
-
-
-def _delete_quietly(node: object, path: str) -> None:
-    try:
-        node.files.delete(params={"path": path})  # type: ignore[attr-defined]
-    except LXDAPIException:
-        pass
 
 
 def read_file(client: pylxd.Client, instance: str, path: str) -> bytes:

@@ -26,7 +26,11 @@ STOPPED = "Stopped"
 
 
 class OperationFailed(Exception):
-    """An LXD background operation ended in failure."""
+    """An LXD background operation ended in failure; ``metadata`` is what it reported anyway."""
+
+    def __init__(self, message: str, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.metadata = metadata or {}
 
 
 @contextmanager
@@ -57,7 +61,7 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
     if op["status"] == "Running":
         raise TimeoutError(f"LXD operation {op['description']!r} still running after {timeout:g} s")
     if op["status_code"] != 200:
-        raise OperationFailed(op.get("err") or op["status"])
+        raise OperationFailed(op.get("err") or op["status"], op.get("metadata"))
     return op.get("metadata") or {}
 
 

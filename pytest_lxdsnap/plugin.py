@@ -166,7 +166,11 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     try:
         tracked = lxd.acquire(names)
     except LxdSnapError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = str(exc)
+    else:
+        error = None
+    if error is not None:
+        pytest.fail(error, pytrace=False)
     yield Containers(request.node.nodeid, {t.name: Container(lxd.client, t.name, t.instance) for t in tracked})
     try:
         lxd.reset(tracked)

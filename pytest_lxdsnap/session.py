@@ -127,8 +127,9 @@ class LxdSession:
     def _acquire(self, name: str) -> Tracked:
         if name in self.tracked:
             return self.tracked[name]
-        if name in self._failed:
-            raise self._failed[name]
+        if name in self._failed:  # fail fast, with a fresh exception, for every later test
+            failed = self._failed[name]
+            raise type(failed)(str(failed))
         try:
             tracked = self._launch(self.specs[name]) if name in self.specs else self._adopt(name)
         except LxdSnapError as exc:

@@ -1,0 +1,36 @@
+"""The examples that `make demo` runs stay green (run here as separate pytest sessions)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-v"], cwd=folder, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_seed_tutorial_example(lxd_client):
+    folder = EXAMPLES / "seed_tutorial"
+    subprocess.run([sys.executable, "make_container.py", "create"], cwd=folder, check=True, capture_output=True)
+    try:
+        result = run_example(folder)
+    finally:
+        subprocess.run([sys.executable, "make_container.py", "delete"], cwd=folder, check=True, capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout
+    assert "demo-ubuntu-test (existing, instance demo-ubuntu-test): 6 resets" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["declared"])
+def test_declared_example(lxd_client, name):
+    result = run_example(EXAMPLES / name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+    assert "leftovers 0" in result.stdout
