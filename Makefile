@@ -31,3 +31,7 @@ demo: setup
 
 lint: install
 	$(BIN)/ruff check .
+
+# Reset and exec costs per storage pool (medians, one run; leaves nothing behind).
+bench: setup
+	$(BIN)/python benchmarks/reset_exec.py
