@@ -2,9 +2,45 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .errors import (
+    ConfigError,
+    ContainerNotFound,
+    ExecError,
+    ExecTimeout,
+    LxdSnapError,
+    LxdUnreachable,
+    OwnershipError,
+    ProvisionError,
+    ResetError,
+)
+
 try:
     __version__ = version("pytest-lxdsnap")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+_LAZY = {"Container": "handle", "ExecResult": "execution"}  # these import pylxd: load on first use
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ConfigError",
+    "Container",
+    "ContainerNotFound",
+    "ExecError",
+    "ExecResult",
+    "ExecTimeout",
+    "LxdSnapError",
+    "LxdUnreachable",
+    "OwnershipError",
+    "ProvisionError",
+    "ResetError",
+    "__version__",
+]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pylxd
-from pylxd.exceptions import ClientConnectionFailed, LXDAPIException
+if TYPE_CHECKING:
+    import pylxd
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -47,6 +48,9 @@ def unreachable_message(endpoint: Endpoint, reason: object) -> str:
 
 def connect(endpoint: Endpoint) -> pylxd.Client:
     """A pylxd client for ``endpoint``; raises LxdUnreachable with the fix when that fails."""
+    import pylxd  # imported here: a suite without LXD tests never pays for it
+    from pylxd.exceptions import ClientConnectionFailed, LXDAPIException
+
     from .errors import ConfigError, LxdUnreachable
 
     url = endpoint.url

@@ -24,6 +24,7 @@ class Container:
         self._client = client
         self.name = name
         self.instance_name = instance_name
+        self._users: dict[str, tuple[int, int]] = {}
 
     def __repr__(self) -> str:
         return f"<lxdsnap.Container {self.name!r} instance={self.instance_name!r}>"
@@ -69,11 +70,14 @@ class Container:
                                       group=gid, stdin=stdin, check=check, timeout=timeout)
 
     def _resolve_user(self, user: str) -> tuple[int, int]:
+        if user in self._users:
+            return self._users[user]
         ids = execution.exec_command(self._client, self.instance_name, ["sh", "-c", 'id -u "$0" && id -g "$0"', user])
         if ids.exit_code != 0:
             raise ValueError(f"user {user!r} does not exist in {self.instance_name}: {ids.stderr.strip()}")
         uid, gid = ids.stdout.split()
-        return int(uid), int(gid)
+        self._users[user] = (int(uid), int(gid))
+        return self._users[user]
 
     def read_bytes(self, path: str) -> bytes:
         return execution.read_file(self._client, self.instance_name, path)

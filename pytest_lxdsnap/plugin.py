@@ -9,16 +9,21 @@ from __future__ import annotations
 import statistics
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .connection import Endpoint
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
-from .handle import Container
-from .session import DEFAULT_SNAPSHOT_TTL, LxdSession, Tracked
-from .settings import NAME, load
+from .settings import DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
 
-SESSION = pytest.StashKey[LxdSession]()
+if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
+    from .handle import Container
+    from .session import Leftover, LxdSession, Tracked
+
+SETTINGS: pytest.StashKey[Settings] = pytest.StashKey()
+SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
+LEFTOVERS: pytest.StashKey[list[Leftover]] = pytest.StashKey()
 MARKER = "lxd"
 MARKER_OPTIONS: dict[str, str] = {}  # marker keyword options and what they do; none in this release
 MARKER_HELP = (
@@ -73,7 +78,14 @@ def pytest_configure(config: pytest.Config) -> None:
         timeout=_seconds(config, "lxd_timeout", 120.0),
     )
     ttl = _seconds(config, "lxd_snapshot_ttl", DEFAULT_SNAPSHOT_TTL)
-    config.stash[SESSION] = LxdSession(endpoint, specs, snapshot_ttl=ttl)
+    config.stash[SETTINGS] = Settings(endpoint, specs, ttl)
+
+
+class Settings:
+    """What the session needs to start talking to LXD, read once at configure time."""
+
+    def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], snapshot_ttl: float) -> None:
+        self.endpoint, self.specs, self.snapshot_ttl = endpoint, specs, snapshot_ttl
 
 
 def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:
@@ -116,17 +128,22 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     """Connect once, before the first test, and only when some test carries the marker."""
     if not any(item.get_closest_marker(MARKER) for item in session.items):
         return
+    from .session import LxdSession
+
+    settings = session.config.stash[SETTINGS]
+    lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl)
     try:
-        session.config.stash[SESSION].connect()
+        lxd.connect()
     except (LxdUnreachable, ConfigError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    session.config.stash[SESSION] = lxd
 
 
 class UndeclaredContainer(LookupError):
     """A test asked ``lxd`` for a container its marker does not name."""
 
 
-class Containers(Mapping[str, Container]):
+class Containers(Mapping[str, "Container"]):
     """What the ``lxd`` fixture returns: ``lxd["web"]`` is the container the marker declared as "web"."""
 
     def __init__(self, nodeid: str, containers: dict[str, Container]) -> None:
@@ -161,6 +178,8 @@ def _lxdsnap_marker(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]:
+    from .handle import Container
+
     lxd = request.config.stash[SESSION]
     names = marker_names(request.node)
     try:
@@ -194,15 +213,12 @@ def lxd(request: pytest.FixtureRequest) -> Containers:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """After the last fixture teardown (and so the last reset): remove what the session made."""
     lxd = session.config.stash.get(SESSION, None)
-    if lxd is None or not lxd.connected:
+    if lxd is None:
         return
     leftovers = lxd.finish()
     session.config.stash[LEFTOVERS] = leftovers
     if (leftovers or lxd.problems) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-LEFTOVERS = pytest.StashKey[list]()
 
 
 def _summary_line(t: Tracked, leftovers: int) -> str:

@@ -19,9 +19,8 @@ from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, OwnershipError, ProvisionError, ResetError
 from .execution import exec_command
 from .ownership import CREATED_KEY, INSTANCE_PREFIX, OWNER_KEY, SessionIdentity, parse_tag
-from .settings import TABLE, ContainerSpec
+from .settings import DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
 
-DEFAULT_SNAPSHOT_TTL = 24 * 3600.0
 BASELINE_LABEL = "base"
 _FINGERPRINT = re.compile(r"^[0-9a-f]{12,64}$")
 _LXD_FAULTS = (LXDAPIException, lxdapi.OperationFailed, TimeoutError, requests.RequestException)
@@ -42,6 +41,7 @@ class Tracked:
     declared: bool
     snapshot: str
     running: bool
+    expires: float  # when LXD will delete the snapshot (epoch seconds)
     resets: int = 0
     reset_seconds: float = 0.0
     reset_times: list[float] = field(default_factory=list)
@@ -73,10 +73,6 @@ class LxdSession:
         self.problems: list[str] = []
         self._failed: dict[str, LxdSnapError] = {}
         self._client: pylxd.Client | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None
 
     @property
     def client(self) -> pylxd.Client:
@@ -172,7 +168,7 @@ class LxdSession:
         except BaseException:
             lxdapi.set_config_key(client, name, OWNER_KEY, None)
             raise
-        return Tracked(name, name, False, snapshot, record["status"] == lxdapi.RUNNING)
+        return Tracked(name, name, False, snapshot, record["status"] == lxdapi.RUNNING, self._expiry())
 
     def _launch(self, spec: ContainerSpec) -> Tracked:
         """Launch a declared container, provision it, and take its baseline snapshot."""
@@ -214,7 +210,10 @@ class LxdSession:
         except BaseException:
             lxdapi.delete_owned_instance(client, instance, self.identity)
             raise
-        return Tracked(spec.name, instance, True, snapshot, True)
+        return Tracked(spec.name, instance, True, snapshot, True, self._expiry())
+
+    def _expiry(self) -> float:
+        return time.time() + self.snapshot_ttl
 
     # -- resetting -----------------------------------------------------------------------------
     def reset(self, tracked: list[Tracked]) -> None:
@@ -240,6 +239,9 @@ class LxdSession:
             lxdapi.restore_snapshot(client, instance, snapshot)  # LXD restarts a running instance itself
             if tracked.running and not running:
                 lxdapi.set_power(client, instance, "start")
+            if tracked.expires - time.time() < self.snapshot_ttl / 2:
+                lxdapi.extend_snapshot_expiry(client, instance, snapshot, self.snapshot_ttl)
+                tracked.expires = self._expiry()
         except _LXD_FAULTS as exc:
             tracked.broken = (
                 f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "

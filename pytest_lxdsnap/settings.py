@@ -11,6 +11,8 @@ from typing import Any
 from .errors import ConfigError
 
 TABLE = "tool.lxdsnap"
+DEFAULT_SNAPSHOT_TTL = 24 * 3600.0
+"""Seconds after which LXD deletes a plugin snapshot by itself (--lxd-snapshot-ttl)."""
 TOP_KEYS = {"containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each"}
 CONTAINER_KEYS = {
     "image": "local image alias or fingerprint (required), or remote:alias",

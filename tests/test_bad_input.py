@@ -158,7 +158,12 @@ def test_unreachable_lxd_is_one_message_and_a_non_zero_exit(suite, tmp_path):
 
 
 def test_a_suite_without_marked_tests_does_not_touch_lxd(suite, tmp_path):
-    suite.makepyfile("def test_plain(): pass")
+    suite.makepyfile("""
+        import sys
+
+        def test_plain():
+            assert "pylxd" not in sys.modules
+    """)
     result = suite.runpytest("--lxd-endpoint", str(tmp_path / "no-lxd-here.socket"))
     result.assert_outcomes(passed=1)
 

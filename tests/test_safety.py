@@ -75,3 +75,26 @@ def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, 
                                  f"(host *, pid {other.pid}, token {other.token})*"])
     assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag()
     assert snapshot_names(lxd_client, name) == []
+
+
+def test_a_long_session_keeps_its_baseline_alive(lxd_client, make_instance):
+    import time
+
+    from pytest_lxdsnap.connection import Endpoint
+    from pytest_lxdsnap.session import LxdSession
+
+    def expiry(instance: str, snapshot: str) -> str:
+        return lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]
+
+    name = make_instance()
+    session = LxdSession(Endpoint(), {}, snapshot_ttl=4)
+    session.connect()
+    (tracked,) = session.acquire((name,))
+    first = expiry(name, tracked.snapshot)
+    session.reset([tracked])
+    assert expiry(name, tracked.snapshot) == first  # young snapshot: no extra call
+    time.sleep(2.5)
+    session.reset([tracked])
+    assert expiry(name, tracked.snapshot) > first
+    assert session.finish() == []
+    assert snapshot_names(lxd_client, name) == []
