@@ -94,6 +94,8 @@ def exec_command(
     shown = tuple(argv(cmd))
     try:
         metadata = wait(client, node.exec.post(json=body), timeout)
+    except LXDAPIException as exc:
+        raise ExecError(f"LXD refused to run {shlex.join(shown)} in {instance}: {api_error(exc)}") from None
     except TimeoutError:
         raise ExecTimeout(
             f"{shlex.join(shown)} in {instance} did not finish within {timeout:g} s "

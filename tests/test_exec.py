@@ -110,3 +110,9 @@ def test_handle_exposes_status_and_pylxd_instance(box):
     assert box.status == "Running"
     assert box.instance.name == box.instance_name
     assert repr(box) == f"<lxdsnap.Container 'box' instance={box.instance_name!r}>"
+
+
+def test_exec_in_a_stopped_container_says_so(lxd_client, make_instance):
+    box = Container(lxd_client, "box", make_instance(running=False))
+    with pytest.raises(ExecError, match=f"LXD refused to run true in {box.instance_name}: .*not running"):
+        box.exec(["true"])
