@@ -181,20 +181,20 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     from .handle import Container
 
     lxd = request.config.stash[SESSION]
-    names = marker_names(request.node)
+    error = None
     try:
-        tracked = lxd.acquire(names)
+        tracked = lxd.acquire(marker_names(request.node))
     except LxdSnapError as exc:
         error = str(exc)
-    else:
-        error = None
-    if error is not None:
+    if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
     yield Containers(request.node.nodeid, {t.name: Container(lxd.client, t.name, t.instance) for t in tracked})
     try:
         lxd.reset(tracked)
     except ResetError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = str(exc)
+    if error:
+        pytest.fail(error, pytrace=False)
 
 
 @pytest.fixture

@@ -158,9 +158,6 @@ class LxdSession:
                 f"{holder.snapshot_name(BASELINE_LABEL)}`, then `lxc config unset {name} {OWNER_KEY}` and "
                 f"`lxc delete {name}/{holder.snapshot_name(BASELINE_LABEL)}`"
             )
-        if record["config"].get(CREATED_KEY) and name.startswith(INSTANCE_PREFIX):
-            raise OwnershipError(f"instance {name!r} was launched by another lxdsnap session for a declared container; "
-                                 "use the declared name in the marker, not the instance name")
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
         lxdapi.set_config_key(client, name, OWNER_KEY, self.identity.tag())
         try:
