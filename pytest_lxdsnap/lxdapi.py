@@ -8,7 +8,6 @@ validated plugin snapshot name: that code path cannot delete an instance (the tu
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,9 +186,3 @@ def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str
     records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
     return [r["name"] for r in records if identity.owns(r.get("config") or {}, CREATED_KEY)]
 
-
-def timed(fn: Any, *args: Any, **kwargs: Any) -> float:
-    """Run fn and return the seconds it took."""
-    start = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - start
