@@ -42,14 +42,20 @@ class Tracked:
     snapshot: str
     running: bool
     expires: float  # when LXD will delete the snapshot (epoch seconds)
-    resets: int = 0
-    reset_seconds: float = 0.0
     reset_times: list[float] = field(default_factory=list)
     broken: str | None = None
 
     @property
     def kind(self) -> str:
         return "declared" if self.declared else "existing"
+
+    @property
+    def resets(self) -> int:
+        return len(self.reset_times)
+
+    @property
+    def reset_seconds(self) -> float:
+        return sum(self.reset_times)
 
 
 @dataclass
@@ -246,10 +252,7 @@ class LxdSession:
                 f"restore by hand: `lxc restore {instance} {snapshot}`"
             )
             return tracked.broken
-        elapsed = time.perf_counter() - start
-        tracked.resets += 1
-        tracked.reset_seconds += elapsed
-        tracked.reset_times.append(elapsed)
+        tracked.reset_times.append(time.perf_counter() - start)
         return None
 
     # -- cleaning up ---------------------------------------------------------------------------
@@ -277,11 +280,15 @@ class LxdSession:
         for name in lxdapi.owned_instances(client, self.identity):
             found.append(Leftover(name, f"instance {name}"))
         for tracked in self.tracked.values():
-            if tracked.declared or not lxdapi.instance_exists(client, tracked.instance):
+            if tracked.declared:
+                continue
+            try:
+                config = lxdapi.get_instance(client, tracked.instance)["config"]
+            except NotFound:
                 continue
             for snap in lxdapi.owned_snapshots(client, tracked.instance, self.identity):
                 found.append(Leftover(tracked.name, f"snapshot {tracked.instance}/{snap}"))
-            if self.identity.owns(lxdapi.get_instance(client, tracked.instance)["config"]):
+            if self.identity.owns(config):
                 found.append(Leftover(tracked.name, f"config key {OWNER_KEY} on {tracked.instance}"))
         return found
 
