@@ -72,6 +72,7 @@ def exec_command(
     """Run ``cmd`` in ``instance`` and return its result; raise only for check=True or a timeout."""
     __tracebackhide__ = True
     command = argv(cmd)
+    shown = tuple(command)
     if stdin is not None:
         # REST exec without websockets has no stdin: hand the data over as a file, which the
         # wrapper opens as fd 0 and unlinks before it runs the command.
@@ -91,7 +92,6 @@ def exec_command(
         body["user"] = user
         body["group"] = user if group is None else group
     node = client.api.instances[instance]
-    shown = tuple(argv(cmd))
     try:
         metadata = wait(client, node.exec.post(json=body), timeout)
     except LXDAPIException as exc:

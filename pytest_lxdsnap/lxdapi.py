@@ -8,6 +8,7 @@ validated plugin snapshot name: that code path cannot delete an instance (the tu
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +55,7 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
     if body.get("type") != "async":
         return body.get("metadata") or {}
     op_id = body["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-    params = {"timeout": int(timeout) if timeout else -1}
+    params = {"timeout": math.ceil(timeout) if timeout else -1}  # LXD waits whole seconds
     http_timeout = None if timeout is None else timeout + 10
     op = client.api.operations[op_id].wait.get(params=params, timeout=http_timeout).json()["metadata"]
     if op["status"] == "Running":
