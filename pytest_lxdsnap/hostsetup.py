@@ -85,6 +85,7 @@ def start_daemon(endpoint: Endpoint, log: Callable[[str], None]) -> None:
             subprocess.Popen(
                 ["lxd", "--group", "root", "--logfile", DAEMON_LOG],
                 stdin=devnull_in, stdout=devnull_out, stderr=devnull_out, start_new_session=True,
+                cwd="/",  # the daemon outlives this checkout; its tools (rsync) fail in a deleted cwd
             )
     subprocess.run(["lxd", "waitready", "--timeout", "60"], check=True)
     deadline = time.monotonic() + 30
