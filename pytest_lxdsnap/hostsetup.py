@@ -32,6 +32,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    advisory: bool = False  # worth fixing, but the plugin works without it
 
 
 def _have(tool: str) -> bool:
@@ -143,7 +144,8 @@ def doctor(endpoint: Endpoint) -> list[Check]:
         for tool, pkg in APT_PACKAGES.items()
     ]
     checks.append(Check("kernel btrfs", kernel_has_btrfs(), "available" if kernel_has_btrfs() else "not in "
-                        "/proc/filesystems", "without btrfs the pool is dir: snapshots copy the whole rootfs"))
+                        "/proc/filesystems", "without btrfs the pool is dir: snapshots copy the whole rootfs",
+                        advisory=True))
     try:
         client = connect(endpoint)
     except LxdSnapError as exc:
@@ -158,7 +160,8 @@ def doctor(endpoint: Endpoint) -> list[Check]:
     for p in pools:
         if p["driver"] == "dir":
             checks.append(Check(f"pool {p['name']}", False, "dir driver: every snapshot copies the whole rootfs",
-                                "a copy-on-write pool is much faster: lxc storage create fast btrfs size=8GiB"))
+                                "a copy-on-write pool is much faster: lxc storage create fast btrfs size=8GiB",
+                                advisory=True))
     profile = client.api.profiles["default"].get().json()["metadata"]
     root = profile["devices"].get("root")
     checks.append(Check("default profile root disk", root is not None,

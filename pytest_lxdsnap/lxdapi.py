@@ -72,7 +72,7 @@ def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
 
 def instance_exists(client: pylxd.Client, name: str) -> bool:
     try:
-        client.api.instances[name].get()
+        get_instance(client, name)
     except NotFound:
         return False
     return True

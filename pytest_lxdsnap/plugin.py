@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,11 +82,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = Settings(endpoint, specs, ttl)
 
 
+@dataclass(frozen=True)
 class Settings:
     """What the session needs to start talking to LXD, read once at configure time."""
 
-    def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], snapshot_ttl: float) -> None:
-        self.endpoint, self.specs, self.snapshot_ttl = endpoint, specs, snapshot_ttl
+    endpoint: Endpoint
+    specs: dict[str, ContainerSpec]
+    snapshot_ttl: float
 
 
 def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:

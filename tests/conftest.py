@@ -38,6 +38,11 @@ def lxc(*args: str) -> str:
     return subprocess.run(["lxc", *args], check=True, capture_output=True, text=True).stdout
 
 
+def lxc_exec_status(instance: str, *cmd: str) -> int:
+    """Exit status of ``lxc exec instance -- cmd``: checks a container from outside the plugin."""
+    return subprocess.run(["lxc", "exec", instance, "--", *cmd], check=False).returncode
+
+
 @pytest.fixture
 def make_instance(lxd_client: pylxd.Client) -> Iterator[Callable[..., str]]:
     """Create a busybox instance that plays the user's own container; deleted after the test."""

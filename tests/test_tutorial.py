@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import lxc, snapshot_names, user_config
+from .conftest import lxc, lxc_exec_status, snapshot_names, user_config
 
 
 def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_client):
@@ -29,16 +29,10 @@ def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_clie
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([f"{name} (existing, instance {name}): 3 resets, * resetting, median *, leftovers 0"])
     assert lxd_client.instances.get(name).status == "Running"
-    assert subprocess_exit(name, "test", "-e", "/root/this_file.txt") == 1
+    assert lxc_exec_status(name, "test", "-e", "/root/this_file.txt") == 1
     assert lxc("exec", name, "--", "cat", "/etc/passwd") == passwd
     assert snapshot_names(lxd_client, name) == ["ubuntu-test-1"]
     assert user_config(lxd_client, name) == before
-
-
-def subprocess_exit(name: str, *cmd: str) -> int:
-    import subprocess
-
-    return subprocess.run(["lxc", "exec", name, "--", *cmd], check=False).returncode
 
 
 def test_a_stopped_container_stays_stopped(suite, make_instance, lxd_client):
@@ -61,7 +55,7 @@ def test_a_stopped_container_stays_stopped(suite, make_instance, lxd_client):
     assert snapshot_names(lxd_client, name) == []
     assert user_config(lxd_client, name) == before
     lxc("start", name)
-    assert subprocess_exit(name, "test", "-e", "/root/mark") == 1
+    assert lxc_exec_status(name, "test", "-e", "/root/mark") == 1
 
 
 def test_a_test_that_stops_a_running_container_gets_it_back_running(suite, make_instance, lxd_client):
@@ -159,4 +153,4 @@ def test_a_failing_test_still_resets(suite, make_instance, lxd_client, where):
     result.assert_outcomes(passed=1 + outcome.get(where, {}).get("passed", 0), failed=0 if "fixture" in where else 1,
                            errors=outcome.get(where, {}).get("errors", 0))
     result.stdout.fnmatch_lines([f"{name} (existing, *): 2 resets*leftovers 0"])
-    assert subprocess_exit(name, "test", "-e", "/root/dirty") == 1
+    assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
