@@ -18,13 +18,19 @@ def main(argv: list[str] | None = None) -> int:
     p_setup = sub.add_parser("setup", help="Install and start LXD, create a pool, import the test image")
     p_setup.add_argument("--pool-driver", choices=["auto", "btrfs", "dir"], default="auto",
                          help="Driver of the pool created when none exists (auto: btrfs where the kernel has it)")
+    fast = p_setup.add_mutually_exclusive_group()
+    fast.add_argument("--fast-stop", dest="fast_stop", action="store_true", default=None,
+                      help="Make lxcfs's 0.5 s post-stop pause run on container reboots only (dpkg-divert); "
+                           "in-place resets get ~3x faster")
+    fast.add_argument("--undo-fast-stop", dest="fast_stop", action="store_false",
+                      help="Put lxcfs's own post-stop hook back")
     sub.add_parser("doctor", help="Report what is present, what is missing, and the fix for each")
     args = parser.parse_args(argv)
     endpoint = Endpoint(url=args.endpoint, project=args.project)
     try:
         if args.command == "setup":
             setup(endpoint, log=lambda line: print(f"lxdsnap setup: {line}", flush=True),
-                  pool_driver=args.pool_driver)
+                  pool_driver=args.pool_driver, fast_stop=args.fast_stop)
             return 0
         checks = doctor(endpoint)
     except LxdSnapError as exc:
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     width = max(len(c.what) for c in checks)
     for c in checks:
-        mark = "ok  " if c.ok else "FIX "
+        mark = "ok  " if c.ok else "TIP " if c.advisory else "FIX "
         fix = f"  -> {c.fix}" if not c.ok and c.fix else ""
         print(f"{mark}{c.what:<{width}}  {c.detail}{fix}")
     return 0 if all(c.ok or c.advisory for c in checks) else 1

@@ -41,3 +41,7 @@ class ExecError(LxdSnapError):
 
 class ExecTimeout(ExecError):
     """A command did not finish within its ``timeout``."""
+
+
+class ReadinessError(LxdSnapError):
+    """A declared container's readiness check did not pass within its timeout."""

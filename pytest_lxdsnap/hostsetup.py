@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pylxd.exceptions import LXDAPIException, NotFound
 
+from . import stophook
 from .connection import Endpoint, connect, default_socket
 from .errors import LxdSnapError, LxdUnreachable
 from .image import BUSYBOX, IMAGE_ALIAS, import_image
@@ -126,14 +127,25 @@ def ensure_image(endpoint: Endpoint, log: Callable[[str], None]) -> None:
         log(f"image: imported {IMAGE_ALIAS} ({fingerprint[:12]}) from {BUSYBOX}")
 
 
-def setup(endpoint: Endpoint, log: Callable[[str], None] = print, pool_driver: str = "auto") -> None:
-    """Install, start and initialise LXD, and import the offline test image. Idempotent."""
+def setup(endpoint: Endpoint, log: Callable[[str], None] = print, pool_driver: str = "auto",
+          fast_stop: bool | None = None) -> None:
+    """Install, start and initialise LXD, and import the offline test image. Idempotent.
+
+    ``fast_stop`` True installs the lxcfs stop-hook wrapper (see :mod:`pytest_lxdsnap.stophook`), False
+    removes it, None leaves the host's choice alone.
+    """
     if endpoint.url and endpoint.url.startswith("https://"):
         raise LxdSnapError("lxdsnap setup prepares the local host only: run it on the LXD host itself")
     install_packages(log)
     start_daemon(endpoint, log)
     ensure_pool(endpoint, log, driver=pool_driver)
     ensure_image(endpoint, log)
+    if fast_stop is not None:
+        try:
+            changed = stophook.enable() if fast_stop else stophook.disable()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            raise LxdSnapError(f"changing the lxcfs stop hook failed: {exc}") from None
+        log(f"stop hook: {stophook.LXCFS_HOOK} is {stophook.state()}" + ("" if changed else " (unchanged)"))
     log("ready: run `pytest` (or `make demo`)")
 
 
@@ -159,9 +171,19 @@ def doctor(endpoint: Endpoint) -> list[Check]:
                         or "none", "lxdsnap setup"))
     for p in pools:
         if p["driver"] == "dir":
-            checks.append(Check(f"pool {p['name']}", False, "dir driver: every snapshot copies the whole rootfs",
-                                "a copy-on-write pool is much faster: lxc storage create fast btrfs size=8GiB",
-                                advisory=True))
+            checks.append(Check(
+                f"pool {p['name']}", False, "dir driver: every snapshot and clone copies the whole rootfs (2.7 s "
+                "for a 240 MB rootfs, against 0.16 s on btrfs), so the 'auto' strategy resets in place",
+                "a copy-on-write pool is much faster: lxc storage create fast btrfs size=8GiB, then "
+                "pool = \"fast\" in [tool.lxdsnap.containers.<name>]", advisory=True))
+    hook = stophook.state()
+    checks.append(Check(
+        "stop hook", hook != "stock",
+        {"stock": f"{stophook.LXCFS_HOOK} sleeps 0.5 s on every container stop: most of each in-place reset",
+         "fast": "lxcfs's post-stop pause runs on reboots only (lxdsnap setup --fast-stop)",
+         "absent": "no lxcfs post-stop hook"}[hook],
+        "lxdsnap setup --fast-stop (keeps the pause for reboots; undo: lxdsnap setup --undo-fast-stop)",
+        advisory=True))
     profile = client.api.profiles["default"].get().json()["metadata"]
     root = profile["devices"].get("root")
     checks.append(Check("default profile root disk", root is not None,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pylxd
+import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
 from .errors import OwnershipError
@@ -33,12 +34,24 @@ class OperationFailed(Exception):
         self.metadata = metadata or {}
 
 
+LXD_FAULTS: tuple[type[BaseException], ...] = (LXDAPIException, OperationFailed, TimeoutError,
+                                               requests.RequestException)
+"""What a failing LXD call raises: the API's refusals, failed operations, timeouts, transport errors."""
+
+
 @contextmanager
 def quiet_pylxd() -> Iterator[None]:
     """Silence pylxd's 'Attempted to set unknown attribute' warnings for fields newer than it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Attempted to set unknown attribute", category=UserWarning)
         yield
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an LXD fault: the daemon's own text when it sent one."""
+    if isinstance(exc, LXDAPIException):
+        return api_error(exc)
+    return str(exc) or type(exc).__name__
 
 
 def api_error(exc: LXDAPIException) -> str:
@@ -187,3 +200,12 @@ def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str
     records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
     return [r["name"] for r in records if identity.owns(r.get("config") or {}, CREATED_KEY)]
 
+
+
+def root_pool(client: pylxd.Client, record: dict[str, Any]) -> tuple[str, str]:
+    """The storage pool of an instance's root disk and that pool's driver ("", "" if it has none)."""
+    devices = record.get("expanded_devices") or record.get("devices") or {}
+    pool = next((d.get("pool", "") for d in devices.values() if d.get("type") == "disk" and d.get("path") == "/"), "")
+    if not pool:
+        return "", ""
+    return pool, client.api.storage_pools[pool].get().json()["metadata"]["driver"]

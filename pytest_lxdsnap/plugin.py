@@ -17,26 +17,37 @@ import pytest
 from .connection import Endpoint
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
 from .settings import DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
+from .strategy import SCOPES, STRATEGIES, check
 
 if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
     from .handle import Container
-    from .session import Leftover, LxdSession, Tracked
+    from .session import Checkout, Leftover, LxdSession, Request, Tracked
 
 SETTINGS: pytest.StashKey[Settings] = pytest.StashKey()
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
 LEFTOVERS: pytest.StashKey[list[Leftover]] = pytest.StashKey()
+NEXT_ITEM: pytest.StashKey[pytest.Item | None] = pytest.StashKey()
 MARKER = "lxd"
-MARKER_OPTIONS: dict[str, str] = {}  # marker keyword options and what they do; none in this release
+MARKER_OPTIONS = {
+    "strategy": "how this test gets a clean state: " + ", ".join(STRATEGIES),
+    "scope": "how long the state lives: " + ", ".join(SCOPES),
+}
 MARKER_HELP = (
-    "lxd(*names): the LXD containers this test uses, by declared name ([tool.lxdsnap.containers.<name>]) or "
-    "existing instance name; each is restored to its snapshot after the test"
+    "lxd(*names, strategy=None, scope=None): the LXD containers this test uses, by declared name "
+    "([tool.lxdsnap.containers.<name>]) or existing instance name; each gets a clean state for the test"
 )
+DEFAULT_PREPARE_AHEAD = 3
 OPTIONS = [
     ("--lxd-endpoint", "lxd_endpoint", "Unix socket path or https:// URL of LXD (default: the local socket)"),
     ("--lxd-project", "lxd_project", "LXD project of the containers (default: LXD's default project)"),
     ("--lxd-snapshot-ttl", "lxd_snapshot_ttl",
      f"Seconds after which LXD deletes a plugin snapshot even if the run crashed (default {DEFAULT_SNAPSHOT_TTL:g})"),
     ("--lxd-timeout", "lxd_timeout", "Seconds to wait for one LXD API request (default 120)"),
+    ("--lxd-strategy", "lxd_strategy",
+     "Default reset strategy: " + ", ".join(STRATEGIES) + " (default auto: clones on copy-on-write pools for "
+     "declared containers, in place otherwise)"),
+    ("--lxd-prepare-ahead", "lxd_prepare_ahead",
+     f"Clones of a declared container prepared ahead of the tests (default {DEFAULT_PREPARE_AHEAD})"),
 ]
 
 
@@ -79,7 +90,15 @@ def pytest_configure(config: pytest.Config) -> None:
         timeout=_seconds(config, "lxd_timeout", 120.0),
     )
     ttl = _seconds(config, "lxd_snapshot_ttl", DEFAULT_SNAPSHOT_TTL)
-    config.stash[SETTINGS] = Settings(endpoint, specs, ttl)
+    try:
+        strategy = check(_option(config, "lxd_strategy") or "auto", "lxd_strategy (--lxd-strategy)", STRATEGIES)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    ahead_raw = _option(config, "lxd_prepare_ahead") or str(DEFAULT_PREPARE_AHEAD)
+    if not ahead_raw.isdigit():
+        raise pytest.UsageError(f"lxd_prepare_ahead (--lxd-prepare-ahead): expected a whole number of clones "
+                                f"(0 prepares none ahead), got {ahead_raw!r}")
+    config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw))
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,8 @@ class Settings:
     endpoint: Endpoint
     specs: dict[str, ContainerSpec]
     snapshot_ttl: float
+    strategy: str = "auto"
+    prepare_ahead: int = DEFAULT_PREPARE_AHEAD
 
 
 def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:
@@ -98,9 +119,14 @@ def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:
     for name in names:
         if not isinstance(name, str) or not (NAME.match(name) or _is_instance_name(name)):
             raise ValueError(f"@pytest.mark.lxd: {name!r} is not a container name (letters, digits and '-')")
-    for option in options:
-        valid = ", ".join(MARKER_OPTIONS) or "none yet"
-        raise ValueError(f"@pytest.mark.lxd: unknown option {option!r}; valid options: {valid}")
+    for option, value in options.items():
+        if option == "strategy":
+            check(value, "@pytest.mark.lxd strategy", STRATEGIES)
+        elif option == "scope":
+            check(value, "@pytest.mark.lxd scope", SCOPES)
+        else:
+            valid = "; ".join(f"{k} ({v})" for k, v in MARKER_OPTIONS.items())
+            raise ValueError(f"@pytest.mark.lxd: unknown option {option!r}; valid options: {valid}")
     return names
 
 
@@ -118,12 +144,47 @@ def marker_names(item: pytest.Item) -> tuple[str, ...]:
     return tuple(names)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def marker_option(item: pytest.Item, option: str) -> str | None:
+    """The closest ``lxd`` marker's value of ``option`` (test, then class, then module)."""
+    for mark in item.iter_markers(MARKER):
+        if option in mark.kwargs:
+            return mark.kwargs[option]
+    return None
+
+
+def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Request]:
+    """What the item asks of each container: strategy and the key of the scope its state lives in."""
+    from .session import Request
+
+    strategy = marker_option(item, "strategy")
+    scope = marker_option(item, "scope")
+    found = []
+    for name in marker_names(item):
+        spec = specs.get(name)
+        where = scope or (spec.scope if spec else None) or "function"
+        node: pytest.Node | None = item
+        if where == "class":
+            node = item.getparent(pytest.Class) or item.getparent(pytest.Module)
+        elif where == "module":
+            node = item.getparent(pytest.Module)
+        found.append(Request(name, strategy, f"{where}:{(node or item).nodeid}"))
+    return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    specs = config.stash[SETTINGS].specs
     for item in items:
         try:
-            marker_names(item)
+            names = marker_names(item)
         except ValueError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        undeclared = [n for n in names if n not in specs]
+        if marker_option(item, "strategy") == "clone" and undeclared:
+            raise pytest.UsageError(
+                f"{item.nodeid}: strategy 'clone' needs declared containers, and {undeclared[0]!r} is an existing "
+                "instance (it keeps its identity and is restored in place). Use strategy='inplace' for it, or "
+                f"declare it in [tool.lxdsnap.containers.{undeclared[0]}]"
+            )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -134,12 +195,20 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     from .session import LxdSession
 
     settings = session.config.stash[SETTINGS]
-    lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl)
+    lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl,
+                     default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead)
     try:
         lxd.connect()
     except (LxdUnreachable, ConfigError) as exc:
         raise pytest.UsageError(str(exc)) from None
     session.config.stash[SESSION] = lxd
+    lxd.plan([r for item in session.items for r in requests_for(item, settings.specs)])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Remember the next test: a class- or module-scoped state is kept when it uses the same one."""
+    item.stash[NEXT_ITEM] = nextitem
 
 
 class UndeclaredContainer(LookupError):
@@ -184,16 +253,23 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     from .handle import Container
 
     lxd = request.config.stash[SESSION]
+    specs = request.config.stash[SETTINGS].specs
     error = None
+    checkouts: list[Checkout] = []
+    requests = requests_for(request.node, specs)
     try:
-        tracked = lxd.acquire(marker_names(request.node))
+        checkouts = lxd.acquire(requests)
     except LxdSnapError as exc:
         error = str(exc)
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
-    yield Containers(request.node.nodeid, {t.name: Container(lxd.client, t.name, t.instance) for t in tracked})
+    yield Containers(request.node.nodeid,
+                     {c.tracked.name: Container(lxd.client, c.tracked.name, c.instance) for c in checkouts})
+    nextitem = request.node.stash.get(NEXT_ITEM, None)
+    upcoming = set(requests_for(nextitem, specs)) if nextitem is not None else set()
+    keep = {r.name for r in requests if r in upcoming and not r.scope_key.startswith("function:")}
     try:
-        lxd.reset(tracked)
+        lxd.release(checkouts, keep=keep)
     except ResetError as exc:
         error = str(exc)
     if error:
@@ -226,8 +302,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def _summary_line(t: Tracked, leftovers: int) -> str:
     median = f", median {statistics.median(t.reset_times):.2f} s" if t.reset_times else ""
-    return (f"{t.name} ({t.kind}, instance {t.instance}): {t.resets} resets, {t.reset_seconds:.2f} s resetting"
-            f"{median}, leftovers {leftovers}")
+    used = ", ".join(f"{name} {count}" for name, count in t.strategies.most_common())
+    return (f"{t.name} ({t.kind}, instance {t.instance}): {t.resets} resets ({used or 'unused'}), "
+            f"{t.reset_seconds:.2f} s resetting{median}, leftovers {leftovers}")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -243,3 +320,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(f"LEFTOVER {lo.what}", red=True)
     for problem in lxd.problems:
         terminalreporter.write_line(f"PROBLEM {problem}", red=True)
+    for notice in lxd.notices:
+        terminalreporter.write_line(f"NOTE {notice}", yellow=True)

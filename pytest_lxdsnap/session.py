@@ -1,29 +1,36 @@
-"""One pytest session's containers: adopt existing ones, launch declared ones, reset, clean up.
+"""One pytest session's containers: adopt existing ones, launch declared ones, hand out clean states.
 
-No pytest here: the plugin drives this class, and so can any other runner.
+No pytest here: the plugin drives this class, and so can any other runner. A test asks for
+:class:`Request` s and gets :class:`Checkout` s (the instance it may change); :meth:`LxdSession.release`
+brings each back to its baseline with the checkout's strategy (see :mod:`pytest_lxdsnap.strategy`).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pylxd
-import requests
-from pylxd.exceptions import LXDAPIException, NotFound
+from pylxd.exceptions import NotFound
 
 from . import lxdapi
+from .clones import ClonePool
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, OwnershipError, ProvisionError, ResetError
 from .execution import exec_command
+from .lxdapi import LXD_FAULTS, describe
 from .ownership import CREATED_KEY, INSTANCE_PREFIX, OWNER_KEY, SessionIdentity, parse_tag
+from .readiness import wait_ready
 from .settings import DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
+from .strategy import resolve
 
 BASELINE_LABEL = "base"
+DEFAULT_PREPARE_AHEAD = 3
+BACKGROUND_WORKERS = 8
 _FINGERPRINT = re.compile(r"^[0-9a-f]{12,64}$")
-_LXD_FAULTS = (LXDAPIException, lxdapi.OperationFailed, TimeoutError, requests.RequestException)
 # Image servers a `remote:alias` image may name (the lxc client's default remotes).
 REMOTES = {
     "images": ("https://images.linuxcontainers.org", "simplestreams"),
@@ -32,18 +39,39 @@ REMOTES = {
 }
 
 
+@dataclass(frozen=True)
+class Request:
+    """A test's use of one container: its name, the strategy it asks for, and its scope key.
+
+    Consecutive requests with the same scope key (and strategy) share one state.
+    """
+
+    name: str
+    strategy: str | None = None  # None: the container's declared strategy, else the session default
+    scope_key: str = ""
+
+
 @dataclass
 class Tracked:
     """A container this session uses, with its baseline snapshot and reset figures."""
 
     name: str
-    instance: str
+    instance: str  # the base instance: the user's own, or the declared one this session launched
     declared: bool
     snapshot: str
-    running: bool
+    running: bool  # power state of the baseline
     expires: float  # when LXD will delete the snapshot (epoch seconds)
+    pool: str = ""
+    pool_driver: str = ""
+    snapshot_seconds: float = 0.0
     reset_times: list[float] = field(default_factory=list)
+    strategies: Counter[str] = field(default_factory=Counter)
     broken: str | None = None
+    current: Checkout | None = None  # a state kept for the next test of the same scope
+    clones: ClonePool | None = None
+    base_running: bool = True  # power state the base instance is in now
+    base_stopping: Future[None] | None = None
+    dirty: bool = False  # the base instance may differ from its baseline
 
     @property
     def kind(self) -> str:
@@ -59,6 +87,16 @@ class Tracked:
 
 
 @dataclass
+class Checkout:
+    """A clean state handed to a test: ``instance`` is what the test may change."""
+
+    tracked: Tracked
+    strategy: str
+    scope_key: str
+    instance: str
+
+
+@dataclass
 class Leftover:
     """Something of this session's that is still in LXD after cleanup."""
 
@@ -70,15 +108,22 @@ class LxdSession:
     """The containers of one test session on one LXD endpoint."""
 
     def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], *,
-                 snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL, identity: SessionIdentity | None = None) -> None:
+                 snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL, identity: SessionIdentity | None = None,
+                 default_strategy: str = "auto", prepare_ahead: int = DEFAULT_PREPARE_AHEAD) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.snapshot_ttl = snapshot_ttl
         self.identity = identity or SessionIdentity()
+        self.default_strategy = default_strategy
+        self.prepare_ahead = prepare_ahead
         self.tracked: dict[str, Tracked] = {}
         self.problems: list[str] = []
+        self.notices: list[str] = []
         self._failed: dict[str, LxdSnapError] = {}
+        self._launches: dict[str, Future[Tracked]] = {}
+        self._planned: dict[str, list[Request]] = {}
         self._client: pylxd.Client | None = None
+        self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
 
     @property
     def client(self) -> pylxd.Client:
@@ -121,10 +166,55 @@ class LxdSession:
                     f"{', '.join(aliases) or 'none'}. `lxdsnap setup` imports lxdsnap/busybox; "
                     "`lxc image import FILE --alias NAME` adds your own")
 
+    # -- planning ------------------------------------------------------------------------------
+    def plan(self, requests: list[Request]) -> None:
+        """The requests the collected tests will make, in run order: launch declared containers now.
+
+        Declared containers launch and provision in the background, concurrently; the first test
+        that needs one waits for it. Clones are then prepared ahead for the tests that will use them.
+        """
+        for request in requests:
+            self._planned.setdefault(request.name, []).append(request)
+        for name in self._planned:
+            if name in self.specs and name not in self._launches and name not in self.tracked:
+                self._launches[name] = self._executor.submit(self._launch, self.specs[name])
+
+    def strategy_for(self, tracked: Tracked, request: Request) -> str:
+        """The concrete strategy of ``request`` on ``tracked`` (``auto`` resolved by pool driver)."""
+        spec = self.specs.get(tracked.name)
+        requested = request.strategy or (spec.strategy if spec else None) or self.default_strategy
+        try:
+            return resolve(requested, declared=tracked.declared, pool_driver=tracked.pool_driver)
+        except ValueError as exc:
+            raise ConfigError(f"container {tracked.name!r}: {exc}") from None
+
+    def _planned_clone_uses(self, tracked: Tracked) -> int:
+        keys = {r.scope_key for r in self._planned.get(tracked.name, []) if self.strategy_for(tracked, r) == "clone"}
+        return len(keys)
+
     # -- acquiring -----------------------------------------------------------------------------
-    def acquire(self, names: tuple[str, ...]) -> list[Tracked]:
-        """The tracked containers for ``names``, adopting or launching each on first use."""
-        return [self._acquire(name) for name in names]
+    def acquire(self, requests: list[Request] | tuple[str, ...]) -> list[Checkout]:
+        """A clean state of each requested container (adopting or launching it on first use).
+
+        A state kept from the previous test of the same scope is handed out again; any other kept
+        state is reset first.
+        """
+        wanted = [r if isinstance(r, Request) else Request(r) for r in requests]
+        checkouts = []
+        for request in wanted:
+            tracked = self._acquire(request.name)
+            strategy = self.strategy_for(tracked, request)
+            current = tracked.current
+            if current is not None and (current.strategy, current.scope_key) == (strategy, request.scope_key):
+                checkouts.append(current)
+                continue
+            if current is not None:
+                tracked.current = None
+                problem = self._release_one(current)
+                if problem:
+                    raise ResetError(problem)
+            checkouts.append(self._checkout(tracked, strategy, request.scope_key))
+        return checkouts
 
     def _acquire(self, name: str) -> Tracked:
         if name in self.tracked:
@@ -133,16 +223,79 @@ class LxdSession:
             failed = self._failed[name]
             raise type(failed)(str(failed))
         try:
-            tracked = self._launch(self.specs[name]) if name in self.specs else self._adopt(name)
+            if name in self._launches:
+                tracked = self._launches.pop(name).result()
+            elif name in self.specs:
+                tracked = self._launch(self.specs[name])
+            else:
+                tracked = self._adopt(name)
         except LxdSnapError as exc:
             self._failed[name] = exc
             raise
-        except _LXD_FAULTS as exc:
-            error = LxdSnapError(f"preparing container {name!r} failed: {_describe(exc)}")
+        except LXD_FAULTS as exc:
+            error = LxdSnapError(f"preparing container {name!r} failed: {describe(exc)}")
             self._failed[name] = error
             raise error from None
         self.tracked[name] = tracked
+        self._note_pool(tracked)
+        if tracked.declared and self._planned_clone_uses(tracked):
+            self._start_clones(tracked)
         return tracked
+
+    def _checkout(self, tracked: Tracked, strategy: str, scope_key: str) -> Checkout:
+        if tracked.broken:
+            raise ResetError(tracked.broken)
+        start = time.perf_counter()
+        if strategy == "clone":
+            if tracked.clones is None:
+                self._start_clones(tracked)
+            assert tracked.clones is not None
+            instance = tracked.clones.take()
+            tracked.reset_times.append(time.perf_counter() - start)
+        else:
+            instance = tracked.instance
+            self._power_base(tracked)
+            tracked.dirty = True
+        tracked.strategies[strategy] += 1
+        return Checkout(tracked, strategy, scope_key, instance)
+
+    def _power_base(self, tracked: Tracked) -> None:
+        """Bring the base instance back to its baseline power state if clones had it stopped."""
+        if tracked.base_stopping is not None:
+            tracked.base_stopping.result()
+            tracked.base_stopping = None
+        if tracked.running and not tracked.base_running:
+            lxdapi.set_power(self.client, tracked.instance, "start")
+            self._ready(tracked, tracked.instance)
+        tracked.base_running = tracked.running
+
+    def _start_clones(self, tracked: Tracked) -> None:
+        spec = self.specs[tracked.name]
+        tracked.clones = ClonePool(
+            self.client, self._executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
+            profiles=spec.profiles, identity=self.identity, ahead=self.prepare_ahead,
+            planned=self._planned_clone_uses(tracked), ready=lambda instance: self._ready(tracked, instance),
+        )
+        tracked.clones.top_up()
+        if all(self.strategy_for(tracked, r) == "clone" for r in self._planned.get(tracked.name, [])):
+            # Only clones will run: stop the base instance in the background (its delete is then quick).
+            tracked.base_running = False
+            tracked.base_stopping = self._executor.submit(lxdapi.set_power, self.client, tracked.instance, "stop")
+
+    def _ready(self, tracked: Tracked, instance: str) -> None:
+        spec = self.specs.get(tracked.name)
+        if spec is not None and spec.ready is not None:
+            wait_ready(self.client, instance, spec.ready, tracked.name)
+
+    def _note_pool(self, tracked: Tracked) -> None:
+        if tracked.pool_driver == "dir" and not any(f"pool {tracked.pool!r}" in n for n in self.notices):
+            self.notices.append(
+                f"pool {tracked.pool!r} uses the dir driver: every snapshot and clone copies the whole rootfs "
+                f"(the baseline of {tracked.name!r} took {tracked.snapshot_seconds:.2f} s) and each reset is a "
+                "full restore, so 'auto' resets in place. A copy-on-write pool makes both near-instant: "
+                "`lxc storage create fast btrfs size=8GiB`, then `pool = \"fast\"` in "
+                f"[{TABLE}.containers.<name>] (run `lxdsnap doctor` to see the pools)"
+            )
 
     def _adopt(self, name: str) -> Tracked:
         """Take an existing instance into the session: tag it, snapshot it, remember its power state."""
@@ -166,15 +319,19 @@ class LxdSession:
             )
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
         lxdapi.set_config_key(client, name, OWNER_KEY, self.identity.tag())
+        start = time.perf_counter()
         try:
             lxdapi.create_owned_snapshot(client, name, snapshot, self.identity, self.snapshot_ttl)
         except BaseException:
             lxdapi.set_config_key(client, name, OWNER_KEY, None)
             raise
-        return Tracked(name, name, False, snapshot, record["status"] == lxdapi.RUNNING, self._expiry())
+        running = record["status"] == lxdapi.RUNNING
+        pool, driver = lxdapi.root_pool(client, record)
+        return Tracked(name, name, False, snapshot, running, self._expiry(), pool, driver,
+                       time.perf_counter() - start, base_running=running)
 
     def _launch(self, spec: ContainerSpec) -> Tracked:
-        """Launch a declared container, provision it, and take its baseline snapshot."""
+        """Launch a declared container, provision it, wait until ready, and take its baseline snapshot."""
         client = self.client
         instance = f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}"
         if spec.image_remote is not None:
@@ -195,9 +352,9 @@ class LxdSession:
         }
         try:
             lxdapi.wait(client, client.api.instances.post(json=body))
-        except _LXD_FAULTS as exc:
+        except LXD_FAULTS as exc:
             raise LxdSnapError(f"launching declared container {spec.name!r} from image {spec.image!r} failed: "
-                               f"{_describe(exc)}") from None
+                               f"{describe(exc)}") from None
         try:
             lxdapi.set_power(client, instance, "start")
             for command in spec.provision:
@@ -208,58 +365,105 @@ class LxdSession:
                         f"{command!r} exited {result.exit_code}\nstdout: {result.stdout[-2000:]}\n"
                         f"stderr: {result.stderr[-2000:]}\nFix `provision` in [{TABLE}.containers.{spec.name}]"
                     )
+            if spec.ready is not None:
+                wait_ready(client, instance, spec.ready, spec.name)
             snapshot = self.identity.snapshot_name(BASELINE_LABEL)
+            start = time.perf_counter()
             lxdapi.create_owned_snapshot(client, instance, snapshot, self.identity, self.snapshot_ttl)
+            snapshot_seconds = time.perf_counter() - start
+            pool, driver = lxdapi.root_pool(client, lxdapi.get_instance(client, instance))
         except BaseException:
             lxdapi.delete_owned_instance(client, instance, self.identity)
             raise
-        return Tracked(spec.name, instance, True, snapshot, True, self._expiry())
+        return Tracked(spec.name, instance, True, snapshot, True, self._expiry(), pool, driver, snapshot_seconds)
 
     def _expiry(self) -> float:
         return time.time() + self.snapshot_ttl
 
     # -- resetting -----------------------------------------------------------------------------
-    def reset(self, tracked: list[Tracked]) -> None:
-        """Restore each container to its baseline, concurrently; ResetError names what failed."""
-        if len(tracked) == 1:
-            errors = [self._reset_one(tracked[0])]
+    def release(self, checkouts: list[Checkout], *, keep: frozenset[str] | set[str] = frozenset()) -> None:
+        """Give the states back after a test: keep those named in ``keep`` for the next test of the same
+        scope, reset the others (concurrently); ResetError names what failed."""
+        resets = []
+        for checkout in checkouts:
+            if checkout.tracked.name in keep:
+                checkout.tracked.current = checkout
+            else:
+                checkout.tracked.current = None
+                resets.append(checkout)
+        if len(resets) <= 1:
+            problems = [self._release_one(c) for c in resets]
         else:
-            with ThreadPoolExecutor(max_workers=len(tracked)) as pool:
-                errors = list(pool.map(self._reset_one, tracked))
-        messages = [e for e in errors if e]
+            problems = list(self._executor.map(self._release_one, resets))
+        messages = [p for p in problems if p]
         if messages:
             raise ResetError("\n".join(messages))
 
-    def _reset_one(self, tracked: Tracked) -> str | None:
+    def reset(self, tracked: list[Tracked]) -> None:
+        """Restore each base instance to its baseline now (in place), concurrently."""
+        self.release([Checkout(t, "inplace", "", t.instance) for t in tracked])
+
+    def _release_one(self, checkout: Checkout) -> str | None:
+        tracked = checkout.tracked
+        if checkout.strategy == "clone":
+            assert tracked.clones is not None
+            tracked.clones.retire(checkout.instance)
+            return None
+        if checkout.strategy == "readonly":
+            return None  # the base stays dirty: finish() restores an existing container if needed
+        return self._restore(tracked, recipe=checkout.strategy == "recipe")
+
+    def _restore(self, tracked: Tracked, *, recipe: bool = False) -> str | None:
+        """Restore the base instance to its baseline; None, or what failed (the container is then broken)."""
         if tracked.broken:
             return tracked.broken
         client, instance, snapshot = self.client, tracked.instance, tracked.snapshot
         start = time.perf_counter()
         try:
             running = lxdapi.status(client, instance) == lxdapi.RUNNING
-            if running and not tracked.running:
-                lxdapi.set_power(client, instance, "stop")
+            if running and (recipe or not tracked.running):
+                lxdapi.set_power(client, instance, "stop")  # the tutorial's recipe stops first, explicitly
+                running = False
             lxdapi.restore_snapshot(client, instance, snapshot)  # LXD restarts a running instance itself
             if tracked.running and not running:
                 lxdapi.set_power(client, instance, "start")
+            tracked.base_running = tracked.running
+            if tracked.running:
+                self._ready(tracked, instance)
             if tracked.expires - time.time() < self.snapshot_ttl / 2:
                 lxdapi.extend_snapshot_expiry(client, instance, snapshot, self.snapshot_ttl)
                 tracked.expires = self._expiry()
-        except _LXD_FAULTS as exc:
+        except (*LXD_FAULTS, LxdSnapError) as exc:
             tracked.broken = (
                 f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
-                f"{_describe(exc)}\nThe snapshot is kept for recovery. Inspect: `lxc info {instance}`; "
+                f"{describe(exc)}\nThe snapshot is kept for recovery. Inspect: `lxc info {instance}`; "
                 f"restore by hand: `lxc restore {instance} {snapshot}`"
             )
             return tracked.broken
+        tracked.dirty = False
         tracked.reset_times.append(time.perf_counter() - start)
         return None
 
     # -- cleaning up ---------------------------------------------------------------------------
     def finish(self) -> list[Leftover]:
-        """Delete what this session made (keeping broken ones for recovery); what is left over."""
+        """Reset what is still checked out, delete what this session made (keeping broken ones for
+        recovery), wait for the background work; what is left over."""
         if self._client is None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
             return []
+        for future in self._launches.values():
+            future.cancel()
+        for tracked in self.tracked.values():
+            if tracked.current is not None:
+                problem = self._release_one(tracked.current)
+                tracked.current = None
+                if problem:
+                    self.problems.append(problem)
+        for tracked in self.tracked.values():
+            if tracked.clones is not None:
+                self.problems.extend(tracked.clones.close())
+            if tracked.base_stopping is not None:
+                tracked.base_stopping.exception()  # wait; a failed stop shows up in the delete below
         for tracked in self.tracked.values():
             if tracked.broken:
                 self.problems.append(tracked.broken)
@@ -267,12 +471,30 @@ class LxdSession:
             try:
                 if tracked.declared:
                     lxdapi.delete_owned_instance(self.client, tracked.instance, self.identity)
-                else:
-                    lxdapi.delete_owned_snapshot(self.client, tracked.instance, tracked.snapshot, self.identity)
-                    lxdapi.set_config_key(self.client, tracked.instance, OWNER_KEY, None)
-            except (*_LXD_FAULTS, LxdSnapError) as exc:
-                self.problems.append(f"cleaning up {tracked.name!r} (instance {tracked.instance}): {_describe(exc)}")
+                    continue
+                if tracked.dirty:  # a readonly test (or an interrupted one) may have changed it
+                    problem = self._restore(tracked)
+                    if problem:
+                        self.problems.append(problem)
+                        continue
+                lxdapi.delete_owned_snapshot(self.client, tracked.instance, tracked.snapshot, self.identity)
+                lxdapi.set_config_key(self.client, tracked.instance, OWNER_KEY, None)
+            except (*LXD_FAULTS, LxdSnapError) as exc:
+                self.problems.append(f"cleaning up {tracked.name!r} (instance {tracked.instance}): {describe(exc)}")
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._sweep()
         return self.leftovers()
+
+    def _sweep(self) -> None:
+        """Delete any instance this session created that is still there (a launch cut short by Ctrl-C)."""
+        broken = {t.instance for t in self.tracked.values() if t.broken}
+        for name in lxdapi.owned_instances(self.client, self.identity):
+            if name in broken:
+                continue
+            try:
+                lxdapi.delete_owned_instance(self.client, name, self.identity)
+            except (*LXD_FAULTS, LxdSnapError) as exc:
+                self.problems.append(f"deleting instance {name}: {describe(exc)}")
 
     def leftovers(self) -> list[Leftover]:
         """Everything of this session's that LXD still holds, looked up afresh."""
@@ -291,9 +513,3 @@ class LxdSession:
             if self.identity.owns(config):
                 found.append(Leftover(tracked.name, f"config key {OWNER_KEY} on {tracked.instance}"))
         return found
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, LXDAPIException):
-        return lxdapi.api_error(exc)
-    return str(exc) or type(exc).__name__

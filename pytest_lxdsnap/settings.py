@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .strategy import SCOPES, STRATEGIES, check
 
 TABLE = "tool.lxdsnap"
 DEFAULT_SNAPSHOT_TTL = 24 * 3600.0
@@ -20,8 +21,22 @@ CONTAINER_KEYS = {
     "profiles": "list of profiles (default: [\"default\"])",
     "config": "table of LXD config keys, e.g. \"limits.memory\" = \"256MiB\"",
     "provision": "list of shell commands run once after launch, before the baseline snapshot",
+    "strategy": "how tests get a clean state: " + ", ".join(STRATEGIES) + " (default: --lxd-strategy, or auto)",
+    "scope": "how long a state lives: " + ", ".join(SCOPES) + " (default: function)",
+    "ready": "readiness check run before the baseline snapshot and on every fresh clone or restore: a command "
+             "(string or argv list), or a table {command = ..., timeout = seconds}",
 }
+DEFAULT_READY_TIMEOUT = 60.0
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
+
+
+@dataclass(frozen=True)
+class ReadyCheck:
+    """A command that must exit 0 (retried until ``timeout``) before a test sees the container."""
+
+    command: str | tuple[str, ...]
+    timeout: float = DEFAULT_READY_TIMEOUT
+    interval: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,9 @@ class ContainerSpec:
     profiles: tuple[str, ...] = ("default",)
     config: dict[str, str] = field(default_factory=dict)
     provision: tuple[str, ...] = ()
+    strategy: str | None = None
+    scope: str | None = None
+    ready: ReadyCheck | None = None
 
     @property
     def image_remote(self) -> str | None:
@@ -85,7 +103,30 @@ def parse_container(name: str, table: Any) -> ContainerSpec:
             raise ConfigError(f"{path} config.{key}: keys under user.lxdsnap. belong to the plugin")
     profiles = _str_list(table["profiles"], f"{path} profiles") if "profiles" in table else ("default",)
     provision = _str_list(table.get("provision", []), f"{path} provision")
-    return ContainerSpec(name, image, pool, profiles, config, provision)
+    try:
+        strategy = check(table["strategy"], f"{path} strategy", STRATEGIES) if "strategy" in table else None
+        scope = check(table["scope"], f"{path} scope", SCOPES) if "scope" in table else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ready = parse_ready(table["ready"], f"{path} ready") if "ready" in table else None
+    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready)
+
+
+def parse_ready(value: Any, path: str) -> ReadyCheck:
+    """``ready = "cmd"``, ``ready = ["argv", ...]`` or ``ready = {command = ..., timeout = 30}``."""
+    table = value if isinstance(value, dict) else {"command": value}
+    unknown = sorted(set(table) - {"command", "timeout"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: command, timeout")
+    command = table.get("command")
+    if isinstance(command, list):
+        command = _str_list(command, f"{path} command")
+    if not command or not isinstance(command, str | tuple):
+        raise ConfigError(f"{path} command: expected a shell command (string) or an argv list, got {command!r}")
+    timeout = table.get("timeout", DEFAULT_READY_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{path} timeout: expected a positive number of seconds, got {timeout!r}")
+    return ReadyCheck(command, float(timeout))
 
 
 def parse_table(data: dict[str, Any]) -> dict[str, ContainerSpec]:

@@ -72,6 +72,10 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+def instance_names(client: pylxd.Client) -> set[str]:
+    return {i["name"] for i in client.api.instances.get(params={"recursion": 1}).json()["metadata"]}
+
+
 def snapshot_names(client: pylxd.Client, instance: str) -> list[str]:
     return [s["name"] for s in lxdapi.list_snapshots(client, instance)]
 

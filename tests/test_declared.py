@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import PYPROJECT
+from .conftest import PYPROJECT, instance_names
 
 DECLARED = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -21,12 +21,8 @@ pool = "default"
 """
 
 
-def instances(client) -> set[str]:
-    return {i["name"] for i in client.api.instances.get(params={"recursion": 1}).json()["metadata"]}
-
-
 def test_declared_container_lifecycle(pytester, lxd_client):
-    before = instances(lxd_client)
+    before = instance_names(lxd_client)
     pytester.makefile(".toml", pyproject=DECLARED)
     pytester.makepyfile("""
         import pytest
@@ -64,11 +60,11 @@ def test_declared_container_lifecycle(pytester, lxd_client):
         "web (declared, instance lxdsnap-web-*): 4 resets*leftovers 0",
         "db (declared, instance lxdsnap-db-*): 2 resets*leftovers 0",
     ])
-    assert instances(lxd_client) == before
+    assert instance_names(lxd_client) == before
 
 
 def test_provisioning_failure_is_reported_once_and_leaves_nothing(pytester, lxd_client):
-    before = instances(lxd_client)
+    before = instance_names(lxd_client)
     pytester.makefile(".toml", pyproject=PYPROJECT + """
 [tool.lxdsnap.containers.broken]
 image = "lxdsnap/busybox"
@@ -91,7 +87,7 @@ provision = ["true", "echo about to fail; echo no such package >&2; exit 7"]
         "*Fix `provision` in [[]tool.lxdsnap.containers.broken]",
     ])
     result.stdout.no_fnmatch_line("*the body must not run*")
-    assert instances(lxd_client) == before
+    assert instance_names(lxd_client) == before
     assert not lxdapi.owned_instances(lxd_client, _any_identity())
 
 

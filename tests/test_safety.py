@@ -89,7 +89,8 @@ def test_a_long_session_keeps_its_baseline_alive(lxd_client, make_instance):
     name = make_instance()
     session = LxdSession(Endpoint(), {}, snapshot_ttl=4)
     session.connect()
-    (tracked,) = session.acquire((name,))
+    (checkout,) = session.acquire((name,))
+    tracked = checkout.tracked
     first = expiry(name, tracked.snapshot)
     session.reset([tracked])
     assert expiry(name, tracked.snapshot) == first  # young snapshot: no extra call

@@ -27,7 +27,8 @@ def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_clie
     """)
     result = suite.runpytest("-v")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([f"{name} (existing, instance {name}): 3 resets, * resetting, median *, leftovers 0"])
+    result.stdout.fnmatch_lines(
+        [f"{name} (existing, instance {name}): 3 resets (inplace 3), * resetting, median *, leftovers 0"])
     assert lxd_client.instances.get(name).status == "Running"
     assert lxc_exec_status(name, "test", "-e", "/root/this_file.txt") == 1
     assert lxc("exec", name, "--", "cat", "/etc/passwd") == passwd

@@ -1,0 +1,149 @@
+"""Fresh copy-on-write clones of a declared container's baseline, prepared ahead and retired behind.
+
+A clone is ``<base instance>-<n>``, copied from the baseline snapshot (it inherits the session's tags,
+so only this session may delete it), started, and checked for readiness before a test takes it. Used
+clones are stopped and deleted in the background; :meth:`ClonePool.close` waits for all of it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, wait
+
+import pylxd
+
+from . import lxdapi
+from .errors import LxdSnapError
+from .ownership import SessionIdentity
+
+MAX_INSTANCE_NAME = 63
+
+
+class ClonePool:
+    """Clones of one baseline snapshot: ``take()`` a ready one, ``retire()`` it after the test."""
+
+    def __init__(
+        self,
+        client: pylxd.Client,
+        executor: Executor,
+        *,
+        container: str,
+        base: str,
+        snapshot: str,
+        profiles: tuple[str, ...],
+        identity: SessionIdentity,
+        ahead: int,
+        planned: int,
+        ready: Callable[[str], object] | None = None,
+    ) -> None:
+        self._client = client
+        self._executor = executor
+        self.container = container
+        self.base = base
+        self.snapshot = snapshot
+        self.profiles = profiles
+        self.identity = identity
+        self.ahead = ahead
+        self.planned = planned  # uses still expected from the collected tests
+        self._ready = ready
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._prepared: deque[Future[str]] = deque()
+        self._retiring: list[Future[None]] = []
+        self._error: LxdSnapError | None = None
+        self.prepare_seconds: list[float] = []  # each clone's copy + start + readiness, off the critical path
+
+    # -- the test's side -------------------------------------------------------------------------
+    def take(self) -> str:
+        """A started, ready clone of the baseline (waits only if none is prepared yet)."""
+        if self._error is not None:
+            raise type(self._error)(str(self._error))
+        with self._lock:
+            if not self._prepared:
+                self._prepared.append(self._executor.submit(self._make))
+            future = self._prepared.popleft()
+            self.planned = max(self.planned - 1, 0)
+        try:
+            instance = future.result()
+        except LxdSnapError as exc:
+            self._error = exc
+            raise
+        self.top_up()
+        return instance
+
+    def retire(self, instance: str) -> None:
+        """Stop and delete a used clone in the background."""
+        self._retiring.append(self._executor.submit(self._delete, instance))
+
+    def top_up(self) -> None:
+        """Keep up to ``ahead`` clones prepared, but no more than the collected tests will use."""
+        with self._lock:
+            while self._error is None and len(self._prepared) < min(self.ahead, self.planned):
+                self._prepared.append(self._executor.submit(self._make))
+
+    # -- the background's side -------------------------------------------------------------------
+    def _next_name(self) -> str:
+        with self._lock:
+            self._counter += 1
+            name = f"{self.base}-{self._counter}"
+        if len(name) > MAX_INSTANCE_NAME:
+            raise LxdSnapError(f"clone name {name!r} is longer than LXD's {MAX_INSTANCE_NAME} characters; "
+                               f"use a shorter container name than {self.container!r}")
+        return name
+
+    def _make(self) -> str:
+        start = time.perf_counter()
+        name = self._next_name()
+        body = {
+            "name": name,
+            "type": "container",
+            "source": {"type": "copy", "source": f"{self.base}/{self.snapshot}", "instance_only": True},
+            "profiles": list(self.profiles),
+        }
+        try:
+            lxdapi.wait(self._client, self._client.api.instances.post(json=body))
+        except lxdapi.LXD_FAULTS as exc:
+            raise LxdSnapError(f"cloning container {self.container!r} from {self.base}/{self.snapshot} failed: "
+                               f"{lxdapi.describe(exc)}") from None
+        try:
+            lxdapi.set_power(self._client, name, "start")
+            if self._ready is not None:
+                self._ready(name)
+        except BaseException as exc:
+            self._delete(name)
+            if isinstance(exc, lxdapi.LXD_FAULTS):
+                raise LxdSnapError(f"starting clone {name} of container {self.container!r} failed: "
+                                   f"{lxdapi.describe(exc)}") from None
+            raise
+        self.prepare_seconds.append(time.perf_counter() - start)
+        return name
+
+    def _delete(self, instance: str) -> None:
+        lxdapi.delete_owned_instance(self._client, instance, self.identity)
+
+    # -- the end ---------------------------------------------------------------------------------
+    def close(self) -> list[str]:
+        """Delete unused and used clones; wait for the background; the problems met, if any."""
+        with self._lock:
+            self.planned = 0
+            pending = list(self._prepared)
+            self._prepared.clear()
+        problems = []
+        for future in pending:
+            if future.cancel():
+                continue
+            try:
+                self.retire(future.result())
+            except Exception as exc:  # noqa: BLE001 - a clone that failed to prepare deleted itself
+                if not isinstance(exc, LxdSnapError):
+                    problems.append(f"preparing a clone of {self.container!r}: {lxdapi.describe(exc)}")
+        wait(self._retiring)
+        for future in self._retiring:
+            exc = future.exception()
+            if exc is not None:
+                problems.append(f"deleting a clone of {self.container!r}: {lxdapi.describe(exc)}")
+        self._retiring.clear()
+        return problems
