@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install setup test demo lint bench clean-lxd
 
@@ -32,6 +33,8 @@ demo: setup
 lint: install
 	$(BIN)/ruff check .
 
-# Reset and exec costs per storage pool (medians, one run; leaves nothing behind).
+# Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
+# tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).
 bench: setup
-	$(BIN)/python benchmarks/reset_exec.py
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/bench.py --stop-hook both $(BENCH_ARGS)

@@ -16,7 +16,7 @@ import pylxd
 from pylxd.exceptions import LXDAPIException, NotFound
 
 from .errors import ExecError, ExecTimeout
-from .lxdapi import OperationFailed, api_error, wait
+from .lxdapi import OperationFailed, api_error, operation_id, wait
 
 COMMAND_NOT_FOUND = 127
 
@@ -68,8 +68,13 @@ def exec_command(
     stdin: bytes | str | None = None,
     check: bool = False,
     timeout: float | None = None,
+    keep_logs: bool = False,
 ) -> ExecResult:
-    """Run ``cmd`` in ``instance`` and return its result; raise only for check=True or a timeout."""
+    """Run ``cmd`` in ``instance`` and return its result; raise only for check=True or a timeout.
+
+    ``keep_logs`` leaves LXD's copy of the output in place (two calls fewer), for instances the plugin
+    deletes itself: :func:`pytest_lxdsnap.lxdapi.delete_owned_instance` purges their exec logs first.
+    """
     __tracebackhide__ = True
     command = argv(cmd)
     shown = tuple(command)
@@ -93,10 +98,13 @@ def exec_command(
         body["group"] = user if group is None else group
     node = client.api.instances[instance]
     try:
-        metadata = wait(client, node.exec.post(json=body), timeout)
+        response = node.exec.post(json=body)
+        metadata = wait(client, response, timeout)
     except LXDAPIException as exc:
         raise ExecError(f"LXD refused to run {shlex.join(shown)} in {instance}: {api_error(exc)}") from None
     except TimeoutError:
+        # LXD writes its output logs when the command ends (at the latest when the reset stops it).
+        _UNREAD.setdefault(instance, set()).add(operation_id(response))
         raise ExecTimeout(
             f"{shlex.join(shown)} in {instance} did not finish within {timeout:g} s "
             "(it may run on until the container is reset)"
@@ -106,7 +114,7 @@ def exec_command(
         if "return" not in exc.metadata:
             raise ExecError(f"LXD could not run {shlex.join(shown)} in {instance}: {exc}") from None
         metadata = exc.metadata
-    outputs = {fd: _pop_log(node, path) for fd, path in (metadata.get("output") or {}).items()}
+    outputs = {fd: _read_log(node, path, delete=not keep_logs) for fd, path in (metadata.get("output") or {}).items()}
     result = ExecResult(shown, int(metadata.get("return", -1)), outputs.get("1", b""), outputs.get("2", b""))
     if result.exit_code in (126, 127) and not result.stderr_bytes:
         problem = "command not found" if result.exit_code == 127 else "not executable"
@@ -120,10 +128,26 @@ def exec_command(
     return result
 
 
-def _pop_log(node: object, path: str) -> bytes:
-    """Read an exec log file and delete it, so repeated execs leave nothing in /var/log/lxd."""
+_UNREAD: dict[str, set[str]] = {}
+"""Per instance, the exec operations whose output logs were never read (their command timed out)."""
+
+
+def purge_unread_logs(client: pylxd.Client, instance: str) -> None:
+    """Delete the output logs of commands that timed out in ``instance`` (call after a reset stopped them)."""
+    for op in _UNREAD.pop(instance, set()):
+        for stream in ("stdout", "stderr"):
+            try:
+                client.api.instances[instance].logs[f"exec_{op}.{stream}"].delete()
+            except LXDAPIException:
+                pass  # never written, or gone with the instance
+
+
+def _read_log(node: object, path: str, *, delete: bool) -> bytes:
+    """Read an exec log file and (normally) delete it, so repeated execs leave nothing in /var/log/lxd."""
     log = node.logs[path.rsplit("/", 1)[-1]]  # type: ignore[attr-defined]
     data = log.get(is_api=False).content
+    if not delete:
+        return data
     try:
         log.delete()
     except LXDAPIException:

@@ -20,10 +20,11 @@ class Container:
     an existing container, ``lxdsnap-<name>-<session>`` for a declared one).
     """
 
-    def __init__(self, client: pylxd.Client, name: str, instance_name: str) -> None:
+    def __init__(self, client: pylxd.Client, name: str, instance_name: str, *, disposable: bool = False) -> None:
         self._client = client
         self.name = name
         self.instance_name = instance_name
+        self._disposable = disposable  # the plugin deletes the instance (and its exec logs) itself
         self._users: dict[str, tuple[int, int]] = {}
 
     def __repr__(self) -> str:
@@ -67,7 +68,8 @@ class Container:
         elif user is not None:
             uid = gid = int(user)
         return execution.exec_command(self._client, self.instance_name, cmd, env=env, cwd=cwd, user=uid,
-                                      group=gid, stdin=stdin, check=check, timeout=timeout)
+                                      group=gid, stdin=stdin, check=check, timeout=timeout,
+                                      keep_logs=self._disposable)
 
     def _resolve_user(self, user: str) -> tuple[int, int]:
         if user in self._users:

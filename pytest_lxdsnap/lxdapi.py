@@ -67,7 +67,7 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
     body = response.json()
     if body.get("type") != "async":
         return body.get("metadata") or {}
-    op_id = body["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    op_id = operation_id(response)
     params = {"timeout": math.ceil(timeout) if timeout else -1}  # LXD waits whole seconds
     http_timeout = None if timeout is None else timeout + 10
     op = client.api.operations[op_id].wait.get(params=params, timeout=http_timeout).json()["metadata"]
@@ -76,6 +76,11 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
     if op["status_code"] != 200:
         raise OperationFailed(op.get("err") or op["status"], op.get("metadata"))
     return op.get("metadata") or {}
+
+
+def operation_id(response: Any) -> str:
+    """The id of the background operation an async response started."""
+    return response.json()["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
@@ -190,9 +195,19 @@ def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIden
     record = get_instance(client, name)
     if not identity.owns(record["config"], CREATED_KEY):
         raise OwnershipError(f"refusing to delete instance {name!r}: this session did not create it")
+    purge_exec_logs(client, name)
     if record["status"] != STOPPED:
         set_power(client, name, "stop")
     wait(client, client.api.instances[name].delete())
+
+
+def purge_exec_logs(client: pylxd.Client, name: str) -> None:
+    """Delete the exec output logs LXD keeps for an instance (LXD 5.0 leaves its log folder behind)."""
+    node = client.api.instances[name]
+    for url in node.logs.get().json()["metadata"]:
+        log = url.rsplit("/", 1)[-1]
+        if log.startswith("exec_"):
+            node.logs[log].delete()
 
 
 def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:

@@ -264,7 +264,8 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
     yield Containers(request.node.nodeid,
-                     {c.tracked.name: Container(lxd.client, c.tracked.name, c.instance) for c in checkouts})
+                     {c.tracked.name: Container(lxd.client, c.tracked.name, c.instance, disposable=c.tracked.declared)
+                      for c in checkouts})
     nextitem = request.node.stash.get(NEXT_ITEM, None)
     upcoming = set(requests_for(nextitem, specs)) if nextitem is not None else set()
     keep = {r.name for r in requests if r in upcoming and not r.scope_key.startswith("function:")}

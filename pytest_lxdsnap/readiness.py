@@ -20,7 +20,7 @@ def wait_ready(client: pylxd.Client, instance: str, check: ReadyCheck, container
     while True:
         remaining = deadline - time.monotonic()
         try:
-            last = exec_command(client, instance, check.command, timeout=max(remaining, 1.0))
+            last = exec_command(client, instance, check.command, timeout=max(remaining, 1.0), keep_logs=True)
         except ExecTimeout:
             last = None
         if last is not None and last.exit_code == 0:

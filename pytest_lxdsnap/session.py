@@ -20,7 +20,7 @@ from . import lxdapi
 from .clones import ClonePool
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, OwnershipError, ProvisionError, ResetError
-from .execution import exec_command
+from .execution import exec_command, purge_unread_logs
 from .lxdapi import LXD_FAULTS, describe
 from .ownership import CREATED_KEY, INSTANCE_PREFIX, OWNER_KEY, SessionIdentity, parse_tag
 from .readiness import wait_ready
@@ -358,7 +358,7 @@ class LxdSession:
         try:
             lxdapi.set_power(client, instance, "start")
             for command in spec.provision:
-                result = exec_command(client, instance, command)
+                result = exec_command(client, instance, command, keep_logs=True)
                 if result.exit_code != 0:
                     raise ProvisionError(
                         f"provisioning declared container {spec.name!r} (instance {instance}) failed: "
@@ -442,6 +442,7 @@ class LxdSession:
             return tracked.broken
         tracked.dirty = False
         tracked.reset_times.append(time.perf_counter() - start)
+        purge_unread_logs(client, instance)
         return None
 
     # -- cleaning up ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,8 @@ def test_every_strategy_gives_each_test_a_clean_state(pytester, lxd_client, mark
     else:
         assert len(set(seen)) == 1  # the one base instance, restored in place
     assert instance_names(lxd_client) == before
+    # LXD 5.0 keeps a deleted instance's log folder: the plugin purged the exec output it left there
+    assert [str(p) for s in seen for p in Path("/var/log/lxd", s).glob("exec_*")] == []
 
 
 def test_readonly_skips_resets_but_the_session_still_leaves_the_container_as_found(suite, make_instance,
@@ -243,3 +246,20 @@ def test_unused_prepared_clones_are_deleted_when_the_run_stops_early(pytester, l
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["web (declared, *): 1 resets (clone 1)*leftovers 0"])
     assert instance_names(lxd_client) == before
+
+
+def test_a_timed_out_exec_leaves_no_output_logs_on_an_existing_container(suite, make_instance, lxd_client):
+    name = make_instance()
+    suite.makepyfile(f"""
+        import pytest
+        from pytest_lxdsnap.errors import ExecTimeout
+
+        @pytest.mark.lxd("{name}")
+        def test_hangs(lxd):
+            with pytest.raises(ExecTimeout):
+                lxd["{name}"].exec(["sleep", "60"], timeout=1)
+    """)
+    result = suite.runpytest()
+    result.assert_outcomes(passed=1)
+    logs = lxd_client.api.instances[name].logs.get().json()["metadata"]
+    assert [log for log in logs if "exec_" in log] == []
