@@ -29,6 +29,7 @@ demo: setup
 	cd examples/seed_tutorial && ../../$(BIN)/python make_container.py create
 	cd examples/seed_tutorial && ../../$(BIN)/pytest -v; status=$$?; ../../$(BIN)/python make_container.py delete; exit $$status
 	cd examples/declared && ../../$(BIN)/pytest -v
+	cd examples/strategies && ../../$(BIN)/pytest -v
 
 lint: install
 	$(BIN)/ruff check .

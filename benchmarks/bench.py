@@ -381,6 +381,8 @@ def main() -> None:
     parser.add_argument("--memory-tests", type=int, default=500, help="tests in the memory run (0: skip)")
     parser.add_argument("--big-mb", type=int, default=2400, help="the large rootfs for snapshot times (0: skip)")
     parser.add_argument("--image", default=IMAGE_ALIAS)
+    parser.add_argument("--debian", action="store_true",
+                        help="also measure a realistic Debian 12 + systemd image (built with debootstrap once)")
     parser.add_argument("--chart", type=Path, default=Path("benchmarks/results.png"))
     parser.add_argument("--stop-hook", choices=["as-is", "both"], default="as-is",
                         help="both: also measure the btrfs suites and in-place resets with lxcfs's stop hook "
@@ -467,6 +469,19 @@ def main() -> None:
                          f"+{last - warm:.1f} MB"])
         out.append(table("Other targets", ["measure", "value", "ratio"], rows))
         print(out[-1], flush=True)
+        if args.debian:
+            from debian_image import READY, ensure_debian_image
+
+            debian = ensure_debian_image(client)
+            suite = suite_overheads(cow, debian, args.tests, args.repeats, ready=READY)
+            resets = {label: inplace_resets(pool, debian, max(args.rounds // 3, 3)) for label, pool in chosen.items()}
+            rows = [[HAND_VARIANTS.get(v, f"plugin {v}"), f"{suite[v] * 1000:.0f}",
+                     f"{suite['tutorial'] / suite[v]:.1f}x"] for v in ["tutorial", "fresh", *PLUGIN_VARIANTS]]
+            rows += [[f"in place, {label}: {step}", f"{value * 1000:.0f}", ""]
+                     for label, steps in resets.items() for step, value in steps.items()]
+            out.append(table(f"Debian 12 + systemd ({debian}), {cow}: reset overhead per test ({args.tests} tests)",
+                             ["variant", "ms/test", "vs tutorial"], rows))
+            print(out[-1], flush=True)
         if args.chart:
             chart(args.chart, suites, inplace)
             print(f"\nchart: {args.chart}")

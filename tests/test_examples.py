@@ -28,9 +28,9 @@ def test_seed_tutorial_example(lxd_client):
     assert "demo-ubuntu-test (existing, instance demo-ubuntu-test): 6 resets" in result.stdout
 
 
-@pytest.mark.parametrize("name", ["declared"])
-def test_declared_example(lxd_client, name):
+@pytest.mark.parametrize(("name", "passed"), [("declared", 4), ("strategies", 7)])
+def test_declared_examples(lxd_client, name, passed):
     result = run_example(EXAMPLES / name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert f"{passed} passed" in result.stdout
     assert "leftovers 0" in result.stdout
