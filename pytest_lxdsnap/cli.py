@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     fast.add_argument("--undo-fast-stop", dest="fast_stop", action="store_false",
                       help="Put lxcfs's own post-stop hook back")
     sub.add_parser("doctor", help="Report what is present, what is missing, and the fix for each")
+    p_gc = sub.add_parser("gc", help="Restore and remove what dead lxdsnap sessions left (instances, snapshots, "
+                          "tags, kept states past their expiry); live sessions are never touched")
+    p_gc.add_argument("--dry-run", action="store_true", help="Only list what would be done")
     args = parser.parse_args(argv)
     endpoint = Endpoint(url=args.endpoint, project=args.project)
     try:
@@ -32,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             setup(endpoint, log=lambda line: print(f"lxdsnap setup: {line}", flush=True),
                   pool_driver=args.pool_driver, fast_stop=args.fast_stop)
             return 0
+        if args.command == "gc":
+            return collect_garbage(endpoint, dry_run=args.dry_run)
         checks = doctor(endpoint)
     except LxdSnapError as exc:
         print(f"lxdsnap {args.command}: {exc}", file=sys.stderr)
@@ -42,6 +47,30 @@ def main(argv: list[str] | None = None) -> int:
         fix = f"  -> {c.fix}" if not c.ok and c.fix else ""
         print(f"{mark}{c.what:<{width}}  {c.detail}{fix}")
     return 0 if all(c.ok or c.advisory for c in checks) else 1
+
+
+def collect_garbage(endpoint: Endpoint, *, dry_run: bool) -> int:
+    from .connection import connect
+    from .lxdapi import LXD_FAULTS, describe
+    from .recovery import find_garbage
+
+    client = connect(endpoint)
+    found = find_garbage(client)
+    if not found:
+        print("lxdsnap gc: nothing left by dead sessions")
+        return 0
+    failed = 0
+    for garbage in found:
+        print(f"{'would clean' if dry_run else 'cleaning'} {garbage.what}: {garbage.why}")
+        if dry_run:
+            continue
+        try:
+            for line in garbage.clean():
+                print(f"  {line}")
+        except (*LXD_FAULTS, LxdSnapError) as exc:
+            failed += 1
+            print(f"  FAILED: {describe(exc)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

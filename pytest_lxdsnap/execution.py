@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import pylxd
+import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
 from .errors import ExecError, ExecTimeout
@@ -102,6 +103,9 @@ def exec_command(
         metadata = wait(client, response, timeout)
     except LXDAPIException as exc:
         raise ExecError(f"LXD refused to run {shlex.join(shown)} in {instance}: {api_error(exc)}") from None
+    except requests.RequestException as exc:
+        raise ExecError(f"LXD stopped answering while running {shlex.join(shown)} in {instance}: {exc}. "
+                        "Check the daemon with `lxdsnap doctor`") from None
     except TimeoutError:
         # LXD writes its output logs when the command ends (at the latest when the reset stops it).
         _UNREAD.setdefault(instance, set()).add(operation_id(response))

@@ -9,6 +9,7 @@ validated plugin snapshot name: that code path cannot delete an instance (the tu
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,15 @@ import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
 from .errors import OwnershipError
-from .ownership import CREATED_KEY, OWNER_KEY, SessionIdentity, is_plugin_snapshot_name
+from .ownership import (
+    CREATED_KEY,
+    INSTANCE_PREFIX,
+    KEPT_KEY,
+    OWNER_KEY,
+    SessionIdentity,
+    is_kept_snapshot_name,
+    is_plugin_snapshot_name,
+)
 
 RUNNING = "Running"
 STOPPED = "Stopped"
@@ -62,17 +71,32 @@ def api_error(exc: LXDAPIException) -> str:
         return str(exc)
 
 
+WAIT_CHUNK = 30
+"""Seconds of one long-poll on an operation: a daemon that stops answering is noticed within this
+(plus the request timeout), even while an operation with no time limit runs."""
+
+
 def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> dict[str, Any]:
-    """Wait for the background operation a POST/PUT started; its metadata, or OperationFailed."""
+    """Wait for the background operation a POST/PUT started; its metadata, or OperationFailed.
+
+    ``timeout`` bounds the operation (TimeoutError); None lets it run as long as it needs. Either way
+    every request to LXD has a time limit, so a stopped or hung daemon raises instead of hanging.
+    """
     body = response.json()
     if body.get("type") != "async":
         return body.get("metadata") or {}
     op_id = operation_id(response)
-    params = {"timeout": math.ceil(timeout) if timeout else -1}  # LXD waits whole seconds
-    http_timeout = None if timeout is None else timeout + 10
-    op = client.api.operations[op_id].wait.get(params=params, timeout=http_timeout).json()["metadata"]
-    if op["status"] == "Running":
-        raise TimeoutError(f"LXD operation {op['description']!r} still running after {timeout:g} s")
+    request_timeout = getattr(client.api, "_timeout", None) or 120.0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = WAIT_CHUNK if deadline is None else max(deadline - time.monotonic(), 0.0)
+        chunk = max(1, math.ceil(min(left, WAIT_CHUNK, request_timeout)))  # LXD waits whole seconds
+        op = client.api.operations[op_id].wait.get(params={"timeout": chunk},
+                                                   timeout=chunk + request_timeout).json()["metadata"]
+        if op["status"] != "Running":
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"LXD operation {op['description']!r} still running after {timeout:g} s")
     if op["status_code"] != 200:
         raise OperationFailed(op.get("err") or op["status"], op.get("metadata"))
     return op.get("metadata") or {}
@@ -186,7 +210,8 @@ def owned_snapshots(client: pylxd.Client, instance: str, identity: SessionIdenti
     return [
         s["name"]
         for s in list_snapshots(client, instance)
-        if is_plugin_snapshot_name(s["name"]) and identity.owns(s.get("config") or {})
+        if is_plugin_snapshot_name(s["name"]) and not is_kept_snapshot_name(s["name"])
+        and identity.owns(s.get("config") or {})
     ]
 
 
@@ -208,6 +233,16 @@ def purge_exec_logs(client: pylxd.Client, name: str) -> None:
         log = url.rsplit("/", 1)[-1]
         if log.startswith("exec_"):
             node.logs[log].delete()
+
+
+def delete_kept_instance(client: pylxd.Client, name: str) -> None:
+    """Delete an instance kept after a failed test (it carries the kept key and the plugin prefix)."""
+    record = get_instance(client, name)
+    if KEPT_KEY not in record["config"] or not name.startswith(INSTANCE_PREFIX):
+        raise OwnershipError(f"refusing to delete instance {name!r}: it is not a kept lxdsnap state")
+    if record["status"] != STOPPED:
+        set_power(client, name, "stop")
+    wait(client, client.api.instances[name].delete())
 
 
 def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:

@@ -6,7 +6,10 @@ connection to LXD is opened for a suite that has no marked test.
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
+import sys
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ SETTINGS: pytest.StashKey[Settings] = pytest.StashKey()
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
 LEFTOVERS: pytest.StashKey[list[Leftover]] = pytest.StashKey()
 NEXT_ITEM: pytest.StashKey[pytest.Item | None] = pytest.StashKey()
+REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()
 MARKER = "lxd"
 MARKER_OPTIONS = {
     "strategy": "how this test gets a clean state: " + ", ".join(STRATEGIES),
@@ -48,7 +52,13 @@ OPTIONS = [
      "declared containers, in place otherwise)"),
     ("--lxd-prepare-ahead", "lxd_prepare_ahead",
      f"Clones of a declared container prepared ahead of the tests (default {DEFAULT_PREPARE_AHEAD})"),
+    ("--lxd-lease-wait", "lxd_lease_wait",
+     "Seconds to wait for an existing container another live session holds (default 60)"),
 ]
+
+
+KEEP_FAILED_HELP = ("When a test fails, keep its containers' state (a clone, copy or snapshot that expires) "
+                    "before the reset, and print the lxc commands to inspect it")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +66,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, help_text in OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
+    group.addoption("--lxd-keep-failed", dest="lxd_keep_failed", action="store_true", default=None,
+                    help=KEEP_FAILED_HELP)
+    parser.addini("lxd_keep_failed", KEEP_FAILED_HELP, type="bool", default=False)
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -98,7 +111,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not ahead_raw.isdigit():
         raise pytest.UsageError(f"lxd_prepare_ahead (--lxd-prepare-ahead): expected a whole number of clones "
                                 f"(0 prepares none ahead), got {ahead_raw!r}")
-    config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw))
+    keep_failed = config.getoption("lxd_keep_failed") or config.getini("lxd_keep_failed")
+    lease_wait = _seconds(config, "lxd_lease_wait", 60.0)
+    config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait)
+    config.pluginmanager.register(InterruptGuard(config), "lxdsnap-interrupt-guard")
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,32 @@ class Settings:
     snapshot_ttl: float
     strategy: str = "auto"
     prepare_ahead: int = DEFAULT_PREPARE_AHEAD
+    keep_failed: bool = False
+    lease_wait: float = 60.0
+
+
+class InterruptGuard:
+    """After a first Ctrl-C the plugin still resets and cleans up; a second one exits at once, with the
+    exact commands that finish the job."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_keyboard_interrupt(self) -> None:
+        signal.signal(signal.SIGINT, self._second_interrupt)
+
+    def _second_interrupt(self, signum: int, frame: object) -> None:
+        lxd = self.config.stash.get(SESSION, None)
+        lines = ["", "lxdsnap: second Ctrl-C: cleanup stopped. To finish it, run:", "  lxdsnap gc"]
+        if lxd is not None:
+            lines.append("(it restores these from their baselines and deletes this session's clones; by hand:")
+            lines += [f"  lxc restore {t.instance} {t.snapshot} && lxc delete {t.instance}/{t.snapshot}"
+                      for t in lxd.tracked.values() if not t.declared]
+            lines += [f"  lxc delete --force {t.instance}" for t in lxd.tracked.values() if t.declared]
+            lines.append(")")
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        os._exit(pytest.ExitCode.INTERRUPTED)
 
 
 def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:
@@ -196,7 +238,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
     settings = session.config.stash[SETTINGS]
     lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl,
-                     default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead)
+                     default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead,
+                     lease_wait=settings.lease_wait)
     try:
         lxd.connect()
     except (LxdUnreachable, ConfigError) as exc:
@@ -209,6 +252,14 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Remember the next test: a class- or module-scoped state is kept when it uses the same one."""
     item.stash[NEXT_ITEM] = nextitem
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember each phase's report: --lxd-keep-failed keeps the state of tests that failed."""
+    report = yield
+    item.stash.setdefault(REPORTS, {})[report.when] = report
+    return report
 
 
 class UndeclaredContainer(LookupError):
@@ -266,6 +317,10 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     yield Containers(request.node.nodeid,
                      {c.tracked.name: Container(lxd.client, c.tracked.name, c.instance, disposable=c.tracked.declared)
                       for c in checkouts})
+    reports = request.node.stash.get(REPORTS, {})
+    if request.config.stash[SETTINGS].keep_failed and any(r.failed for r in reports.values()):
+        for line in lxd.keep_failed(checkouts, request.node.nodeid):
+            request.node.add_report_section("teardown", "lxdsnap", line)
     nextitem = request.node.stash.get(NEXT_ITEM, None)
     upcoming = set(requests_for(nextitem, specs)) if nextitem is not None else set()
     keep = {r.name for r in requests if r in upcoming and not r.scope_key.startswith("function:")}
@@ -323,3 +378,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(f"PROBLEM {problem}", red=True)
     for notice in lxd.notices:
         terminalreporter.write_line(f"NOTE {notice}", yellow=True)
+    for kept in lxd.kept:
+        terminalreporter.write_line(f"KEPT {kept}", yellow=True)

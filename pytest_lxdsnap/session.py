@@ -8,6 +8,7 @@ brings each back to its baseline with the checkout's strategy (see :mod:`pytest_
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,13 +17,22 @@ from dataclasses import dataclass, field
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi
+from . import lxdapi, recovery
 from .clones import ClonePool
 from .connection import Endpoint, connect
-from .errors import ConfigError, ContainerNotFound, LxdSnapError, OwnershipError, ProvisionError, ResetError
+from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
 from .execution import exec_command, purge_unread_logs
 from .lxdapi import LXD_FAULTS, describe
-from .ownership import CREATED_KEY, INSTANCE_PREFIX, OWNER_KEY, SessionIdentity, parse_tag
+from .ownership import (
+    CREATED_KEY,
+    INSTANCE_PREFIX,
+    KEPT_LABEL,
+    LEASE_KEY,
+    LEASE_SECONDS,
+    OWNER_KEY,
+    POWER_KEY,
+    SessionIdentity,
+)
 from .readiness import wait_ready
 from .settings import DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
 from .strategy import resolve
@@ -30,6 +40,7 @@ from .strategy import resolve
 BASELINE_LABEL = "base"
 DEFAULT_PREPARE_AHEAD = 3
 BACKGROUND_WORKERS = 8
+DEFAULT_LEASE_WAIT = 60.0
 _FINGERPRINT = re.compile(r"^[0-9a-f]{12,64}$")
 # Image servers a `remote:alias` image may name (the lxc client's default remotes).
 REMOTES = {
@@ -72,6 +83,7 @@ class Tracked:
     base_running: bool = True  # power state the base instance is in now
     base_stopping: Future[None] | None = None
     dirty: bool = False  # the base instance may differ from its baseline
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # resets vs leases
 
     @property
     def kind(self) -> str:
@@ -94,6 +106,7 @@ class Checkout:
     strategy: str
     scope_key: str
     instance: str
+    kept: bool = False  # a failed test's clone kept for inspection (--lxd-keep-failed): not retired
 
 
 @dataclass
@@ -109,21 +122,28 @@ class LxdSession:
 
     def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], *,
                  snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL, identity: SessionIdentity | None = None,
-                 default_strategy: str = "auto", prepare_ahead: int = DEFAULT_PREPARE_AHEAD) -> None:
+                 default_strategy: str = "auto", prepare_ahead: int = DEFAULT_PREPARE_AHEAD,
+                 lease_wait: float = DEFAULT_LEASE_WAIT) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.snapshot_ttl = snapshot_ttl
         self.identity = identity or SessionIdentity()
         self.default_strategy = default_strategy
         self.prepare_ahead = prepare_ahead
+        self.lease_wait = lease_wait
         self.tracked: dict[str, Tracked] = {}
         self.problems: list[str] = []
         self.notices: list[str] = []
+        self.kept: list[str] = []  # states of failed tests kept on purpose (--lxd-keep-failed)
+        self._kept_count = 0
         self._failed: dict[str, LxdSnapError] = {}
         self._launches: dict[str, Future[Tracked]] = {}
         self._planned: dict[str, list[Request]] = {}
         self._client: pylxd.Client | None = None
         self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
+        self._renew_soon = threading.Event()
+        self._stopping = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     @property
     def client(self) -> pylxd.Client:
@@ -173,11 +193,40 @@ class LxdSession:
         Declared containers launch and provision in the background, concurrently; the first test
         that needs one waits for it. Clones are then prepared ahead for the tests that will use them.
         """
+        self._executor.submit(self._sweep_dead_sessions)
         for request in requests:
             self._planned.setdefault(request.name, []).append(request)
         for name in self._planned:
             if name in self.specs and name not in self._launches and name not in self.tracked:
                 self._launches[name] = self._executor.submit(self._launch, self.specs[name])
+
+    def _sweep_dead_sessions(self) -> None:
+        """Delete the instances (clones, declared containers) of sessions that died without cleaning up."""
+        try:
+            for garbage in recovery.find_garbage(self.client):
+                if garbage.what.startswith("instance ") and "created by session" in garbage.why:
+                    self.notices.extend(f"{line} ({garbage.why})" for line in garbage.clean())
+        except (*LXD_FAULTS, LxdSnapError) as exc:
+            self.notices.append(f"sweeping instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._renew_leases, name="lxdsnap-leases", daemon=True)
+            self._heartbeat.start()
+
+    def _renew_leases(self) -> None:
+        """Keep this session's leases fresh (a restore puts the baseline's old lease back: renew then too)."""
+        while not self._stopping.is_set():
+            self._renew_soon.wait(LEASE_SECONDS / 3)
+            self._renew_soon.clear()
+            for tracked in list(self.tracked.values()):
+                if self._stopping.is_set():
+                    return
+                with tracked.lock:
+                    try:
+                        recovery.renew(self.client, tracked.instance, self.identity)
+                    except (*LXD_FAULTS, LxdSnapError):
+                        pass  # busy or briefly unreachable: the next round tries again
 
     def strategy_for(self, tracked: Tracked, request: Request) -> str:
         """The concrete strategy of ``request`` on ``tracked`` (``auto`` resolved by pool driver)."""
@@ -213,7 +262,11 @@ class LxdSession:
                 problem = self._release_one(current)
                 if problem:
                     raise ResetError(problem)
-            checkouts.append(self._checkout(tracked, strategy, request.scope_key))
+            try:
+                checkouts.append(self._checkout(tracked, strategy, request.scope_key))
+            except LXD_FAULTS as exc:
+                raise LxdSnapError(f"getting a clean state of container {request.name!r} failed: "
+                                   f"{describe(exc)}") from None
         return checkouts
 
     def _acquire(self, name: str) -> Tracked:
@@ -233,14 +286,26 @@ class LxdSession:
             self._failed[name] = exc
             raise
         except LXD_FAULTS as exc:
-            error = LxdSnapError(f"preparing container {name!r} failed: {describe(exc)}")
+            error = LxdSnapError(f"preparing container {name!r} failed: {describe(exc)}{self._space_hint(name, exc)}")
             self._failed[name] = error
             raise error from None
         self.tracked[name] = tracked
+        self._start_heartbeat()
         self._note_pool(tracked)
         if tracked.declared and self._planned_clone_uses(tracked):
             self._start_clones(tracked)
         return tracked
+
+    def _space_hint(self, name: str, exc: BaseException) -> str:
+        """When LXD ran out of space: which pool, and what to do."""
+        if "no space left" not in describe(exc).lower():
+            return ""
+        try:
+            pool, _ = lxdapi.root_pool(self.client, lxdapi.get_instance(self.client, name))
+        except (*LXD_FAULTS, NotFound):
+            pool = self.specs[name].pool if name in self.specs else None
+        return (f"\nThe storage pool {pool or '(unknown)'!r} is full: free space in it (`lxc storage info {pool}`), "
+                "or move the container to a bigger pool. Nothing was changed.")
 
     def _checkout(self, tracked: Tracked, strategy: str, scope_key: str) -> Checkout:
         if tracked.broken:
@@ -298,32 +363,22 @@ class LxdSession:
             )
 
     def _adopt(self, name: str) -> Tracked:
-        """Take an existing instance into the session: tag it, snapshot it, remember its power state."""
+        """Take an existing instance into the session: claim it, snapshot it, remember its power state."""
         client = self.client
         try:
-            record = lxdapi.get_instance(client, name)
+            record = recovery.claim(client, name, self.identity, wait=self.lease_wait, log=self.notices.append)
         except NotFound:
             raise ContainerNotFound(
                 f"container {name!r} is neither declared nor an existing instance at {self.endpoint.describe()}. "
                 f"Declare it in pyproject.toml:\n  [{TABLE}.containers.{name}]\n  image = \"lxdsnap/busybox\"\n"
                 f"or create it: lxc launch <image> {name}"
             ) from None
-        holder = parse_tag(record["config"].get(OWNER_KEY))
-        if holder is not None:
-            raise OwnershipError(
-                f"instance {name!r} is marked as used by another lxdsnap session (host {holder.host}, pid "
-                f"{holder.pid}, token {holder.token}). If that session is still running, wait for it. If it "
-                f"crashed, restore the instance from its snapshot: `lxc restore {name} "
-                f"{holder.snapshot_name(BASELINE_LABEL)}`, then `lxc config unset {name} {OWNER_KEY}` and "
-                f"`lxc delete {name}/{holder.snapshot_name(BASELINE_LABEL)}`"
-            )
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
-        lxdapi.set_config_key(client, name, OWNER_KEY, self.identity.tag())
         start = time.perf_counter()
         try:
             lxdapi.create_owned_snapshot(client, name, snapshot, self.identity, self.snapshot_ttl)
         except BaseException:
-            lxdapi.set_config_key(client, name, OWNER_KEY, None)
+            recovery.release(client, name, self.identity)
             raise
         running = record["status"] == lxdapi.RUNNING
         pool, driver = lxdapi.root_pool(client, record)
@@ -347,7 +402,7 @@ class LxdSession:
             "type": "container",
             "source": source,
             "profiles": list(spec.profiles),
-            "config": {**spec.config, CREATED_KEY: tag, OWNER_KEY: tag},
+            "config": {**spec.config, CREATED_KEY: tag, OWNER_KEY: tag, LEASE_KEY: recovery.lease_value()},
             "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
         }
         try:
@@ -407,7 +462,8 @@ class LxdSession:
         tracked = checkout.tracked
         if checkout.strategy == "clone":
             assert tracked.clones is not None
-            tracked.clones.retire(checkout.instance)
+            if not checkout.kept:
+                tracked.clones.retire(checkout.instance)
             return None
         if checkout.strategy == "readonly":
             return None  # the base stays dirty: finish() restores an existing container if needed
@@ -415,6 +471,12 @@ class LxdSession:
 
     def _restore(self, tracked: Tracked, *, recipe: bool = False) -> str | None:
         """Restore the base instance to its baseline; None, or what failed (the container is then broken)."""
+        with tracked.lock:
+            problem = self._restore_locked(tracked, recipe=recipe)
+        self._renew_soon.set()  # the restore put the baseline's (older) lease back
+        return problem
+
+    def _restore_locked(self, tracked: Tracked, *, recipe: bool) -> str | None:
         if tracked.broken:
             return tracked.broken
         client, instance, snapshot = self.client, tracked.instance, tracked.snapshot
@@ -437,7 +499,8 @@ class LxdSession:
             tracked.broken = (
                 f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
                 f"{describe(exc)}\nThe snapshot is kept for recovery. Inspect: `lxc info {instance}`; "
-                f"restore by hand: `lxc restore {instance} {snapshot}`"
+                f"restore by hand: `lxc restore {instance} {snapshot}`, or run `lxdsnap gc` once this session "
+                "has ended"
             )
             return tracked.broken
         tracked.dirty = False
@@ -445,10 +508,49 @@ class LxdSession:
         purge_unread_logs(client, instance)
         return None
 
+    # -- keeping a failed test's state -------------------------------------------------------
+    def keep_failed(self, checkouts: list[Checkout], test: str) -> list[str]:
+        """Keep the state of each container before its reset (a clone, a copy or a snapshot that expires
+        after the snapshot TTL); the ``lxc`` commands to inspect each, or why it could not be kept."""
+        lines = []
+        for checkout in checkouts:
+            try:
+                lines.append(self._keep(checkout, test))
+            except (*LXD_FAULTS, LxdSnapError) as exc:
+                lines.append(f"could not keep {checkout.tracked.name!r} for {test}: {describe(exc)}")
+        self.kept.extend(lines)
+        return lines
+
+    def _keep(self, checkout: Checkout, test: str) -> str:
+        tracked, client = checkout.tracked, self.client
+        self._kept_count += 1
+        expires = time.time() + self.snapshot_ttl
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
+        if not tracked.declared:  # the user's instance keeps its identity: a snapshot that LXD expires
+            snapshot = self.identity.snapshot_name(f"{KEPT_LABEL}-{self._kept_count}")
+            lxdapi.create_owned_snapshot(client, tracked.instance, snapshot, self.identity, self.snapshot_ttl)
+            copy = f"{tracked.instance}-failed-{self._kept_count}"
+            return (f"kept {tracked.name!r} of {test} as snapshot {tracked.instance}/{snapshot} (LXD deletes it "
+                    f"{until}). Inspect: lxc copy {tracked.instance}/{snapshot} {copy} && lxc start {copy} && "
+                    f"lxc exec {copy} -- sh; then lxc delete --force {copy}")
+        if checkout.strategy == "clone":
+            kept, checkout.kept = checkout.instance, True
+        else:  # the base goes at the end of the session: keep a copy of it
+            kept = f"{tracked.instance}-failed-{self._kept_count}"
+            body = {"name": kept, "source": {"type": "copy", "source": tracked.instance, "instance_only": True},
+                    "profiles": list(self.specs[tracked.name].profiles)}
+            lxdapi.wait(client, client.api.instances.post(json=body))
+        recovery.mark_kept(client, kept, expires)
+        start = "" if checkout.strategy == "clone" else f"lxc start {kept} && "
+        return (f"kept {tracked.name!r} of {test} as instance {kept} (`lxdsnap gc` deletes it after {until}). "
+                f"Inspect: {start}lxc exec {kept} -- sh; lxc delete --force {kept} when done")
+
     # -- cleaning up ---------------------------------------------------------------------------
     def finish(self) -> list[Leftover]:
         """Reset what is still checked out, delete what this session made (keeping broken ones for
         recovery), wait for the background work; what is left over."""
+        self._stopping.set()
+        self._renew_soon.set()
         if self._client is None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             return []
@@ -479,12 +581,17 @@ class LxdSession:
                         self.problems.append(problem)
                         continue
                 lxdapi.delete_owned_snapshot(self.client, tracked.instance, tracked.snapshot, self.identity)
-                lxdapi.set_config_key(self.client, tracked.instance, OWNER_KEY, None)
+                recovery.release(self.client, tracked.instance, self.identity)
             except (*LXD_FAULTS, LxdSnapError) as exc:
                 self.problems.append(f"cleaning up {tracked.name!r} (instance {tracked.instance}): {describe(exc)}")
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._sweep()
-        return self.leftovers()
+        try:
+            self._sweep()
+            return self.leftovers()
+        except (*LXD_FAULTS, LxdSnapError) as exc:
+            self.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "
+                                 "`lxdsnap gc` restores and removes what this session left")
+            return []
 
     def _sweep(self) -> None:
         """Delete any instance this session created that is still there (a launch cut short by Ctrl-C)."""
@@ -513,4 +620,7 @@ class LxdSession:
                 found.append(Leftover(tracked.name, f"snapshot {tracked.instance}/{snap}"))
             if self.identity.owns(config):
                 found.append(Leftover(tracked.name, f"config key {OWNER_KEY} on {tracked.instance}"))
+            elif OWNER_KEY not in config:
+                found += [Leftover(tracked.name, f"config key {key} on {tracked.instance}")
+                          for key in (LEASE_KEY, POWER_KEY) if key in config]
         return found

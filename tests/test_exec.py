@@ -74,6 +74,12 @@ def test_large_output_survives(box):
     assert result.stderr == "done\n"
 
 
+def test_100_mb_of_output(box):
+    result = box.exec("head -c 100000000 /dev/zero | tr '\\0' 'y'")
+    assert result.exit_code == 0
+    assert len(result.stdout_bytes) == 100_000_000 and result.stdout_bytes[:3] == b"yyy"
+
+
 def test_timeout(box):
     with pytest.raises(ExecTimeout, match=r"sleep 30 in t-lxdsnap-\w+ did not finish within 1 s"):
         box.exec(["sleep", "30"], timeout=1)

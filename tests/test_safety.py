@@ -69,10 +69,11 @@ def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, 
         def test_it(lxd):
             raise AssertionError("must not run")
     """)
-    result = suite.runpytest()
+    result = suite.runpytest("--lxd-lease-wait=1")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*instance '{name}' is marked as used by another lxdsnap session "
-                                 f"(host *, pid {other.pid}, token {other.token})*"])
+    result.stdout.fnmatch_lines([f"*instance '{name}' is in use by another lxdsnap session "
+                                 f"(host *, pid {other.pid}, token {other.token}, started *; pid {other.pid} on this "
+                                 "host still runs); waited 1 s. *"])
     assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag()
     assert snapshot_names(lxd_client, name) == []
 

@@ -1,0 +1,255 @@
+"""Leases on existing instances, and recovery of what dead sessions left behind (no pytest here).
+
+A session claims an existing instance by writing its tag (``user.lxdsnap.owner``), a lease expiry and
+the instance's power state into the instance's config in one PUT with ``If-Match``: of two sessions
+that race, exactly one wins, the other sees the winner and waits. A holder is dead when its process is
+gone on this host (pid, process start time, boot id) or, for another host, when its lease ran out.
+What a dead session left is put right: an existing instance is restored from the dead session's
+baseline snapshot and powered as it was found; its snapshots, clones and declared instances are
+deleted. ``lxdsnap gc`` does the same for the whole server, with ``--dry-run`` to only list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pylxd
+from pylxd.exceptions import LXDAPIException, NotFound
+
+from . import lxdapi
+from .errors import OwnershipError
+from .ownership import (
+    CREATED_KEY,
+    KEPT_KEY,
+    LEASE_KEY,
+    LEASE_SECONDS,
+    OWNER_KEY,
+    POWER_KEY,
+    SessionIdentity,
+    holder_is_dead,
+    is_kept_snapshot_name,
+    is_plugin_snapshot_name,
+    parse_tag,
+)
+
+BASELINE_LABEL = "base"
+PRECONDITION_FAILED = 412
+SESSION_KEYS = (OWNER_KEY, LEASE_KEY, POWER_KEY)
+
+
+def _put_config(client: pylxd.Client, name: str, record: dict, etag: str, changes: dict[str, str | None]) -> bool:
+    """Apply ``changes`` to the config read with ``etag``; False when someone changed it since."""
+    config = dict(record["config"])
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    body = {k: record[k] for k in ("architecture", "description", "devices", "ephemeral", "profiles", "stateful")}
+    body["config"] = config
+    try:
+        lxdapi.wait(client, client.api.instances[name].put(json=body, headers={"If-Match": etag}))
+    except LXDAPIException as exc:
+        if exc.response.status_code == PRECONDITION_FAILED:
+            return False
+        raise
+    return True
+
+
+def _read(client: pylxd.Client, name: str) -> tuple[dict, str]:
+    response = client.api.instances[name].get()
+    return response.json()["metadata"], response.headers.get("ETag", "")
+
+
+def lease_value(seconds: float = LEASE_SECONDS) -> str:
+    return f"{time.time() + seconds:.0f}"
+
+
+def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: float,
+          log: Callable[[str], None] = lambda line: None) -> dict:
+    """Take ``name`` for this session (waiting up to ``wait`` seconds for a live holder); its record.
+
+    A dead holder's state is recovered first. Raises NotFound, or OwnershipError naming the holder.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        record, etag = _read(client, name)
+        config = record["config"]
+        holder = parse_tag(config.get(OWNER_KEY))
+        if holder is None or holder == identity:
+            changes = {OWNER_KEY: identity.tag(), LEASE_KEY: lease_value(),
+                       POWER_KEY: config.get(POWER_KEY) if holder == identity else record["status"]}
+            if _put_config(client, name, record, etag, changes):
+                return record
+            continue  # changed between our read and our write: look again
+        dead, why = holder_is_dead(holder, config.get(LEASE_KEY))
+        if dead:
+            log(f"instance {name}: session {holder.token} (host {holder.host}, pid {holder.pid}) is dead ({why}); "
+                "restoring what it left")
+            recover_instance(client, name, holder, identity)
+            continue
+        if time.monotonic() >= deadline:
+            raise OwnershipError(
+                f"instance {name!r} is in use by another lxdsnap session (host {holder.host}, pid {holder.pid}, "
+                f"token {holder.token}, started {time.strftime('%H:%M:%S', time.localtime(holder.started))}; "
+                f"{why}); waited {wait:g} s. Wait for it to finish, raise --lxd-lease-wait, or if it is stuck, "
+                f"stop it: it restores the instance on exit (and `lxdsnap gc` recovers after a crash)"
+            )
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
+
+
+def release(client: pylxd.Client, name: str, identity: SessionIdentity) -> None:
+    """Remove this session's keys from ``name`` (no-op when another session holds it)."""
+    while True:
+        record, etag = _read(client, name)
+        if not identity.owns(record["config"]):
+            return
+        if _put_config(client, name, record, etag, dict.fromkeys(SESSION_KEYS)):
+            return
+
+
+def renew(client: pylxd.Client, name: str, identity: SessionIdentity) -> bool:
+    """Push this session's lease on ``name`` forward; False when it no longer holds it."""
+    for _ in range(3):
+        record, etag = _read(client, name)
+        if not identity.owns(record["config"]):
+            return False
+        if _put_config(client, name, record, etag, {LEASE_KEY: lease_value()}):
+            return True
+    return True  # busy instance: the next round tries again
+
+
+def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
+                     identity: SessionIdentity | None = None) -> list[str]:
+    """Put an existing instance a dead session held back as that session found it; what was done.
+
+    ``identity`` (the recovering session) claims it first, so two sessions never recover it at once.
+    """
+    done = []
+    record, etag = _read(client, name)
+    if parse_tag(record["config"].get(OWNER_KEY)) != holder:
+        return done  # someone else recovered or claimed it meanwhile
+    if identity is not None and not _put_config(client, name, record, etag, {OWNER_KEY: identity.tag(),
+                                                                              LEASE_KEY: lease_value()}):
+        return done
+    baseline = holder.snapshot_name(BASELINE_LABEL)
+    power = record["config"].get(POWER_KEY)
+    if lxdapi.snapshot_is_owned(client, name, baseline, holder):
+        snap = client.api.instances[name].snapshots[baseline].get().json()["metadata"]
+        power = snap["config"].get(POWER_KEY) or power
+        lxdapi.restore_snapshot(client, name, baseline)
+        done.append(f"restored {name} from {baseline}")
+    else:
+        done.append(f"{name}: the dead session's baseline {baseline} is gone (expired?): not restored")
+    for snapshot in lxdapi.owned_snapshots(client, name, holder):
+        lxdapi.delete_owned_snapshot(client, name, snapshot, holder)
+        done.append(f"deleted snapshot {name}/{snapshot}")
+    record, etag = _read(client, name)
+    if power in (lxdapi.RUNNING, lxdapi.STOPPED) and record["status"] != power:
+        lxdapi.set_power(client, name, "start" if power == lxdapi.RUNNING else "stop")
+        done.append(f"{'started' if power == lxdapi.RUNNING else 'stopped'} {name} as it was found")
+        record, etag = _read(client, name)
+    keep_mine = identity is not None
+    changes: dict[str, str | None] = dict.fromkeys(SESSION_KEYS)
+    if keep_mine:
+        changes = {OWNER_KEY: identity.tag(), LEASE_KEY: lease_value(), POWER_KEY: power}  # type: ignore[union-attr]
+    _put_config(client, name, record, etag, changes)
+    if not keep_mine:
+        done.append(f"removed the lxdsnap keys from {name}")
+    return done
+
+
+def mark_kept(client: pylxd.Client, name: str, until: float) -> None:
+    """Turn one of this session's instances into a kept state: no session owns it, gc deletes it after
+    ``until``."""
+    while True:
+        record, etag = _read(client, name)
+        changes: dict[str, str | None] = {KEPT_KEY: f"{until:.0f}", CREATED_KEY: None, **dict.fromkeys(SESSION_KEYS)}
+        if _put_config(client, name, record, etag, changes):
+            return
+
+
+@dataclass
+class Garbage:
+    """One thing a dead session left: what it is, why it is garbage, and how to clean it."""
+
+    what: str
+    why: str
+    clean: Callable[[], list[str]]
+
+
+def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garbage]:
+    """Everything on the server that belongs to dead sessions (or kept states past their expiry)."""
+    now = time.time() if now is None else now
+    records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    verdicts: dict[SessionIdentity, tuple[bool, str]] = {}
+
+    def verdict(holder: SessionIdentity) -> tuple[bool, str]:
+        if holder not in verdicts:
+            leases = [r["config"].get(LEASE_KEY) or "0" for r in records
+                      if holder in (parse_tag(r["config"].get(OWNER_KEY)), parse_tag(r["config"].get(CREATED_KEY)))]
+            best = max(leases, key=lambda v: float(v) if v.replace(".", "", 1).isdigit() else 0.0, default=None)
+            verdicts[holder] = holder_is_dead(holder, best, now)
+        return verdicts[holder]
+
+    found: list[Garbage] = []
+    for record in records:
+        name, config = record["name"], record["config"]
+        kept = config.get(KEPT_KEY)
+        if kept is not None:
+            if float(kept or 0) < now:
+                found.append(Garbage(f"instance {name}", "a kept failed-test state past its expiry",
+                                     _delete_kept(client, name)))
+            continue
+        created = parse_tag(config.get(CREATED_KEY))
+        if created is not None:
+            dead, why = verdict(created)
+            if dead:
+                found.append(Garbage(f"instance {name}", f"created by session {created.token} on {created.host}, "
+                                     f"which is dead ({why})", _delete_created(client, name, created)))
+            continue
+        owner = parse_tag(config.get(OWNER_KEY))
+        if owner is not None:
+            dead, why = verdict(owner)
+            if dead:
+                found.append(Garbage(f"instance {name}", f"held by session {owner.token} on {owner.host}, which is "
+                                     f"dead ({why}): restore its baseline", lambda n=name, o=owner:
+                                     recover_instance(client, n, o)))
+                continue
+        for snapshot in lxdapi.list_snapshots(client, name):
+            tag = parse_tag((snapshot.get("config") or {}).get(OWNER_KEY))
+            kept = is_kept_snapshot_name(snapshot["name"])  # LXD deletes those when they expire
+            if tag is None or not is_plugin_snapshot_name(snapshot["name"]) or kept or tag == owner:
+                continue
+            dead, why = verdict(tag)
+            if dead:
+                found.append(Garbage(f"snapshot {name}/{snapshot['name']}", f"of session {tag.token}, dead ({why})",
+                                     _delete_snapshot(client, name, snapshot["name"], tag)))
+    return found
+
+
+def _delete_created(client: pylxd.Client, name: str, holder: SessionIdentity) -> Callable[[], list[str]]:
+    def clean() -> list[str]:
+        lxdapi.delete_owned_instance(client, name, holder)
+        return [f"deleted instance {name}"]
+    return clean
+
+
+def _delete_kept(client: pylxd.Client, name: str) -> Callable[[], list[str]]:
+    def clean() -> list[str]:
+        lxdapi.delete_kept_instance(client, name)
+        return [f"deleted kept instance {name}"]
+    return clean
+
+
+def _delete_snapshot(client: pylxd.Client, name: str, snapshot: str,
+                     holder: SessionIdentity) -> Callable[[], list[str]]:
+    def clean() -> list[str]:
+        try:
+            lxdapi.delete_owned_snapshot(client, name, snapshot, holder)
+        except NotFound:
+            return []
+        return [f"deleted snapshot {name}/{snapshot}"]
+    return clean
