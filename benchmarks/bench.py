@@ -358,7 +358,7 @@ def chart(path: Path, suites: dict[str, dict[str, float]], inplace: dict[str, di
     left.set_yscale("log")
     left.set_ylabel("reset overhead per test, ms (log)")
     left.set_title("Whole suite, busybox, per test (lower is better)")
-    left.legend()
+    left.legend(fontsize=8)
     steps = list(next(iter(inplace.values())))
     for i, (pool, values) in enumerate(inplace.items()):
         ys = [y + i * 0.4 for y in range(len(steps))]
@@ -367,7 +367,7 @@ def chart(path: Path, suites: dict[str, dict[str, float]], inplace: dict[str, di
     right.set_yticks([y + 0.2 for y in range(len(steps))], [textwrap.fill(s, 28) for s in steps], fontsize=7)
     right.set_xlabel("ms per reset")
     right.set_title("Existing container, in place")
-    right.legend()
+    right.legend(loc="upper center", bbox_to_anchor=(0.4, -0.12), ncol=2, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
