@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,6 +107,23 @@ def operation_id(response: Any) -> str:
     return response.json()["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
+BUSY_WAIT = 30.0
+"""Seconds to wait out an operation another client (say, a session that just died) still runs."""
+
+
+def when_idle(call: Callable[[], Any], busy_wait: float = BUSY_WAIT) -> Any:
+    """``call()``, retried while LXD answers that the instance is busy with another operation."""
+    deadline = time.monotonic() + busy_wait
+    while True:
+        try:
+            return call()
+        except (LXDAPIException, OperationFailed) as exc:
+            text = api_error(exc) if isinstance(exc, LXDAPIException) else str(exc)
+            if "is busy running" not in text or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
     """The instance's record (config, devices, status ...); raises NotFound."""
     return client.api.instances[name].get().json()["metadata"]
@@ -129,7 +146,7 @@ def set_power(client: pylxd.Client, name: str, action: str, *, timeout: float = 
     body: dict[str, Any] = {"action": action, "timeout": int(timeout)}
     if action in ("stop", "restart"):
         body["force"] = True
-    wait(client, client.api.instances[name].state.put(json=body), timeout)
+    when_idle(lambda: wait(client, client.api.instances[name].state.put(json=body), timeout))
 
 
 def set_config_key(client: pylxd.Client, name: str, key: str, value: str | None) -> None:
@@ -180,7 +197,7 @@ def extend_snapshot_expiry(client: pylxd.Client, instance: str, snapshot: str, t
 
 def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *, timeout: float = 120) -> None:
     """Restore ``instance`` to ``snapshot`` (LXD stops and restarts a running instance itself)."""
-    wait(client, client.api.instances[instance].put(json={"restore": snapshot}), timeout)
+    when_idle(lambda: wait(client, client.api.instances[instance].put(json={"restore": snapshot}), timeout))
 
 
 def snapshot_is_owned(client: pylxd.Client, instance: str, snapshot: str, identity: SessionIdentity) -> bool:
@@ -221,9 +238,7 @@ def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIden
     if not identity.owns(record["config"], CREATED_KEY):
         raise OwnershipError(f"refusing to delete instance {name!r}: this session did not create it")
     purge_exec_logs(client, name)
-    if record["status"] != STOPPED:
-        set_power(client, name, "stop")
-    wait(client, client.api.instances[name].delete())
+    _stop_and_delete(client, name, record["status"])
 
 
 def purge_exec_logs(client: pylxd.Client, name: str) -> None:
@@ -235,14 +250,19 @@ def purge_exec_logs(client: pylxd.Client, name: str) -> None:
             node.logs[log].delete()
 
 
+def _stop_and_delete(client: pylxd.Client, name: str, status: str) -> None:
+    if status != STOPPED:
+        set_power(client, name, "stop")
+    when_idle(lambda: wait(client, client.api.instances[name].delete()))
+
+
 def delete_kept_instance(client: pylxd.Client, name: str) -> None:
     """Delete an instance kept after a failed test (it carries the kept key and the plugin prefix)."""
     record = get_instance(client, name)
     if KEPT_KEY not in record["config"] or not name.startswith(INSTANCE_PREFIX):
         raise OwnershipError(f"refusing to delete instance {name!r}: it is not a kept lxdsnap state")
-    if record["status"] != STOPPED:
-        set_power(client, name, "stop")
-    wait(client, client.api.instances[name].delete())
+    purge_exec_logs(client, name)
+    _stop_and_delete(client, name, record["status"])
 
 
 def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:

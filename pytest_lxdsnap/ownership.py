@@ -22,7 +22,11 @@ CREATED_KEY = "user.lxdsnap.created"
 """Config key on instances the plugin launched itself: only those may ever be deleted."""
 
 LEASE_KEY = "user.lxdsnap.lease"
-"""Config key: until when (epoch seconds) the owner's lease runs; a live session renews it."""
+"""Config key of a session's lease profile: until when (epoch seconds) the session counts as alive."""
+
+SESSION_PROFILE_PREFIX = "lxdsnap-session-"
+"""A live session keeps a profile ``lxdsnap-session-<token>`` (used by no instance) holding its lease, so
+renewing it never touches an instance a test is using."""
 
 POWER_KEY = "user.lxdsnap.power"
 """Config key: the power state an existing instance had when a session took it (Running/Stopped)."""

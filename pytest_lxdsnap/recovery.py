@@ -1,9 +1,10 @@
 """Leases on existing instances, and recovery of what dead sessions left behind (no pytest here).
 
-A session claims an existing instance by writing its tag (``user.lxdsnap.owner``), a lease expiry and
-the instance's power state into the instance's config in one PUT with ``If-Match``: of two sessions
-that race, exactly one wins, the other sees the winner and waits. A holder is dead when its process is
-gone on this host (pid, process start time, boot id) or, for another host, when its lease ran out.
+A session claims an existing instance by writing its tag (``user.lxdsnap.owner``) and the instance's
+power state into the instance's config in one PUT with ``If-Match``: of two sessions that race, exactly
+one wins, the other sees the winner and waits. A live session renews a lease kept in its own profile
+(``lxdsnap-session-<token>``, used by no instance). A holder is dead when its process is gone on this host
+(pid, process start time, boot id) or, for another host, when its lease ran out.
 What a dead session left is put right: an existing instance is restored from the dead session's
 baseline snapshot and powered as it was found; its snapshots, clones and declared instances are
 deleted. ``lxdsnap gc`` does the same for the whole server, with ``--dry-run`` to only list.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pylxd
 from pylxd.exceptions import LXDAPIException, NotFound
@@ -27,6 +29,7 @@ from .ownership import (
     LEASE_SECONDS,
     OWNER_KEY,
     POWER_KEY,
+    SESSION_PROFILE_PREFIX,
     SessionIdentity,
     holder_is_dead,
     is_kept_snapshot_name,
@@ -36,7 +39,7 @@ from .ownership import (
 
 BASELINE_LABEL = "base"
 PRECONDITION_FAILED = 412
-SESSION_KEYS = (OWNER_KEY, LEASE_KEY, POWER_KEY)
+SESSION_KEYS = (OWNER_KEY, POWER_KEY)
 
 
 def _put_config(client: pylxd.Client, name: str, record: dict, etag: str, changes: dict[str, str | None]) -> bool:
@@ -67,6 +70,47 @@ def lease_value(seconds: float = LEASE_SECONDS) -> str:
     return f"{time.time() + seconds:.0f}"
 
 
+def session_profile(identity: SessionIdentity) -> str:
+    return f"{SESSION_PROFILE_PREFIX}{identity.token}"
+
+
+def open_lease(client: pylxd.Client, identity: SessionIdentity) -> None:
+    """Create this session's lease profile."""
+    client.api.profiles.post(json={
+        "name": session_profile(identity),
+        "description": f"lxdsnap session lease: host {identity.host}, pid {identity.pid} (used by no instance)",
+        "config": {OWNER_KEY: identity.tag(), LEASE_KEY: lease_value()},
+        "devices": {},
+    })
+
+
+def renew_lease(client: pylxd.Client, identity: SessionIdentity) -> None:
+    node = client.api.profiles[session_profile(identity)]
+    record = node.get().json()["metadata"]
+    node.put(json={"description": record["description"], "devices": {},
+                   "config": {OWNER_KEY: identity.tag(), LEASE_KEY: lease_value()}})
+
+
+def close_lease(client: pylxd.Client, identity: SessionIdentity) -> None:
+    """Delete the lease profile of ``identity`` (only if it carries that session's tag)."""
+    node = client.api.profiles[session_profile(identity)]
+    try:
+        record = node.get().json()["metadata"]
+    except NotFound:
+        return
+    if identity.owns(record.get("config") or {}):
+        node.delete()
+
+
+def lease_of(client: pylxd.Client, holder: SessionIdentity) -> str | None:
+    """The lease expiry a session last wrote, or None when it has no lease profile."""
+    try:
+        record = client.api.profiles[session_profile(holder)].get().json()["metadata"]
+    except NotFound:
+        return None
+    return (record.get("config") or {}).get(LEASE_KEY) if holder.owns(record.get("config") or {}) else None
+
+
 def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: float,
           log: Callable[[str], None] = lambda line: None) -> dict:
     """Take ``name`` for this session (waiting up to ``wait`` seconds for a live holder); its record.
@@ -79,12 +123,12 @@ def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: f
         config = record["config"]
         holder = parse_tag(config.get(OWNER_KEY))
         if holder is None or holder == identity:
-            changes = {OWNER_KEY: identity.tag(), LEASE_KEY: lease_value(),
+            changes = {OWNER_KEY: identity.tag(),
                        POWER_KEY: config.get(POWER_KEY) if holder == identity else record["status"]}
             if _put_config(client, name, record, etag, changes):
                 return record
             continue  # changed between our read and our write: look again
-        dead, why = holder_is_dead(holder, config.get(LEASE_KEY))
+        dead, why = holder_is_dead(holder, lease_of(client, holder))
         if dead:
             log(f"instance {name}: session {holder.token} (host {holder.host}, pid {holder.pid}) is dead ({why}); "
                 "restoring what it left")
@@ -110,17 +154,6 @@ def release(client: pylxd.Client, name: str, identity: SessionIdentity) -> None:
             return
 
 
-def renew(client: pylxd.Client, name: str, identity: SessionIdentity) -> bool:
-    """Push this session's lease on ``name`` forward; False when it no longer holds it."""
-    for _ in range(3):
-        record, etag = _read(client, name)
-        if not identity.owns(record["config"]):
-            return False
-        if _put_config(client, name, record, etag, {LEASE_KEY: lease_value()}):
-            return True
-    return True  # busy instance: the next round tries again
-
-
 def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
                      identity: SessionIdentity | None = None) -> list[str]:
     """Put an existing instance a dead session held back as that session found it; what was done.
@@ -131,8 +164,7 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
     record, etag = _read(client, name)
     if parse_tag(record["config"].get(OWNER_KEY)) != holder:
         return done  # someone else recovered or claimed it meanwhile
-    if identity is not None and not _put_config(client, name, record, etag, {OWNER_KEY: identity.tag(),
-                                                                              LEASE_KEY: lease_value()}):
+    if identity is not None and not _put_config(client, name, record, etag, {OWNER_KEY: identity.tag()}):
         return done
     baseline = holder.snapshot_name(BASELINE_LABEL)
     power = record["config"].get(POWER_KEY)
@@ -144,7 +176,10 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
     else:
         done.append(f"{name}: the dead session's baseline {baseline} is gone (expired?): not restored")
     for snapshot in lxdapi.owned_snapshots(client, name, holder):
-        lxdapi.delete_owned_snapshot(client, name, snapshot, holder)
+        try:
+            lxdapi.delete_owned_snapshot(client, name, snapshot, holder)
+        except (NotFound, OwnershipError):
+            continue  # another session recovering at the same moment got there first
         done.append(f"deleted snapshot {name}/{snapshot}")
     record, etag = _read(client, name)
     if power in (lxdapi.RUNNING, lxdapi.STOPPED) and record["status"] != power:
@@ -154,7 +189,7 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
     keep_mine = identity is not None
     changes: dict[str, str | None] = dict.fromkeys(SESSION_KEYS)
     if keep_mine:
-        changes = {OWNER_KEY: identity.tag(), LEASE_KEY: lease_value(), POWER_KEY: power}  # type: ignore[union-attr]
+        changes = {OWNER_KEY: identity.tag(), POWER_KEY: power}  # type: ignore[union-attr]
     _put_config(client, name, record, etag, changes)
     if not keep_mine:
         done.append(f"removed the lxdsnap keys from {name}")
@@ -184,14 +219,15 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
     """Everything on the server that belongs to dead sessions (or kept states past their expiry)."""
     now = time.time() if now is None else now
     records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    profiles = client.api.profiles.get(params={"recursion": 1}).json()["metadata"]
+    leases = {p["name"]: p.get("config") or {} for p in profiles if p["name"].startswith(SESSION_PROFILE_PREFIX)}
     verdicts: dict[SessionIdentity, tuple[bool, str]] = {}
 
     def verdict(holder: SessionIdentity) -> tuple[bool, str]:
         if holder not in verdicts:
-            leases = [r["config"].get(LEASE_KEY) or "0" for r in records
-                      if holder in (parse_tag(r["config"].get(OWNER_KEY)), parse_tag(r["config"].get(CREATED_KEY)))]
-            best = max(leases, key=lambda v: float(v) if v.replace(".", "", 1).isdigit() else 0.0, default=None)
-            verdicts[holder] = holder_is_dead(holder, best, now)
+            config = leases.get(session_profile(holder), {})
+            lease = config.get(LEASE_KEY) if holder.owns(config) else None
+            verdicts[holder] = holder_is_dead(holder, lease, now)
         return verdicts[holder]
 
     found: list[Garbage] = []
@@ -201,14 +237,16 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
         if kept is not None:
             if float(kept or 0) < now:
                 found.append(Garbage(f"instance {name}", "a kept failed-test state past its expiry",
-                                     _delete_kept(client, name)))
+                                     _then(partial(lxdapi.delete_kept_instance, client, name),
+                                           f"deleted kept instance {name}")))
             continue
         created = parse_tag(config.get(CREATED_KEY))
         if created is not None:
             dead, why = verdict(created)
             if dead:
+                delete = partial(lxdapi.delete_owned_instance, client, name, created)
                 found.append(Garbage(f"instance {name}", f"created by session {created.token} on {created.host}, "
-                                     f"which is dead ({why})", _delete_created(client, name, created)))
+                                     f"which is dead ({why})", _then(delete, f"deleted instance {name}")))
             continue
         owner = parse_tag(config.get(OWNER_KEY))
         if owner is not None:
@@ -227,20 +265,21 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
             if dead:
                 found.append(Garbage(f"snapshot {name}/{snapshot['name']}", f"of session {tag.token}, dead ({why})",
                                      _delete_snapshot(client, name, snapshot["name"], tag)))
+    for profile, config in leases.items():
+        holder = parse_tag(config.get(OWNER_KEY))
+        if holder is not None and verdict(holder)[0]:
+            found.append(Garbage(f"profile {profile}", f"the lease of session {holder.token}, dead "
+                                 f"({verdict(holder)[1]})", _then(partial(close_lease, client, holder),
+                                                                  f"deleted profile {profile}")))
     return found
 
 
-def _delete_created(client: pylxd.Client, name: str, holder: SessionIdentity) -> Callable[[], list[str]]:
-    def clean() -> list[str]:
-        lxdapi.delete_owned_instance(client, name, holder)
-        return [f"deleted instance {name}"]
-    return clean
 
-
-def _delete_kept(client: pylxd.Client, name: str) -> Callable[[], list[str]]:
+def _then(action: Callable[[], object], done: str) -> Callable[[], list[str]]:
+    """A cleaning step: run ``action``, report ``done``."""
     def clean() -> list[str]:
-        lxdapi.delete_kept_instance(client, name)
-        return [f"deleted kept instance {name}"]
+        action()
+        return [done]
     return clean
 
 

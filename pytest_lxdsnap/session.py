@@ -27,7 +27,6 @@ from .ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
     KEPT_LABEL,
-    LEASE_KEY,
     LEASE_SECONDS,
     OWNER_KEY,
     POWER_KEY,
@@ -83,7 +82,6 @@ class Tracked:
     base_running: bool = True  # power state the base instance is in now
     base_stopping: Future[None] | None = None
     dirty: bool = False  # the base instance may differ from its baseline
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # resets vs leases
 
     @property
     def kind(self) -> str:
@@ -141,7 +139,6 @@ class LxdSession:
         self._planned: dict[str, list[Request]] = {}
         self._client: pylxd.Client | None = None
         self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
-        self._renew_soon = threading.Event()
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -199,34 +196,43 @@ class LxdSession:
         for name in self._planned:
             if name in self.specs and name not in self._launches and name not in self.tracked:
                 self._launches[name] = self._executor.submit(self._launch, self.specs[name])
+        self._start_heartbeat()
 
     def _sweep_dead_sessions(self) -> None:
         """Delete the instances (clones, declared containers) of sessions that died without cleaning up."""
         try:
-            for garbage in recovery.find_garbage(self.client):
-                if garbage.what.startswith("instance ") and "created by session" in garbage.why:
-                    self.notices.extend(f"{line} ({garbage.why})" for line in garbage.clean())
+            found = recovery.find_garbage(self.client)
         except (*LXD_FAULTS, LxdSnapError) as exc:
-            self.notices.append(f"sweeping instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
+            self.notices.append(f"looking for instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
+            return
+        for garbage in found:
+            ours = garbage.what.startswith("instance ") and "created by session" in garbage.why
+            if not (ours or garbage.what.startswith("profile ")):
+                continue
+            try:
+                self.notices.extend(f"{line} ({garbage.why})" for line in garbage.clean())
+            except (*LXD_FAULTS, LxdSnapError) as exc:
+                self.notices.append(f"deleting {garbage.what} ({garbage.why}) failed: {describe(exc)}; "
+                                    "run `lxdsnap gc`")
 
     def _start_heartbeat(self) -> None:
+        """Open this session's lease (a profile no instance uses) and keep it fresh from a thread."""
         if self._heartbeat is None:
-            self._heartbeat = threading.Thread(target=self._renew_leases, name="lxdsnap-leases", daemon=True)
+            try:
+                recovery.open_lease(self.client, self.identity)
+            except LXD_FAULTS as exc:
+                self.notices.append(f"could not create the session's lease profile: {describe(exc)}; sessions on "
+                                    "other hosts cannot tell this one is alive")
+                return
+            self._heartbeat = threading.Thread(target=self._renew_lease, name="lxdsnap-lease", daemon=True)
             self._heartbeat.start()
 
-    def _renew_leases(self) -> None:
-        """Keep this session's leases fresh (a restore puts the baseline's old lease back: renew then too)."""
-        while not self._stopping.is_set():
-            self._renew_soon.wait(LEASE_SECONDS / 3)
-            self._renew_soon.clear()
-            for tracked in list(self.tracked.values()):
-                if self._stopping.is_set():
-                    return
-                with tracked.lock:
-                    try:
-                        recovery.renew(self.client, tracked.instance, self.identity)
-                    except (*LXD_FAULTS, LxdSnapError):
-                        pass  # busy or briefly unreachable: the next round tries again
+    def _renew_lease(self) -> None:
+        while not self._stopping.wait(LEASE_SECONDS / 3):
+            try:
+                recovery.renew_lease(self.client, self.identity)
+            except (*LXD_FAULTS, LxdSnapError):
+                pass  # briefly unreachable: the next round tries again
 
     def strategy_for(self, tracked: Tracked, request: Request) -> str:
         """The concrete strategy of ``request`` on ``tracked`` (``auto`` resolved by pool driver)."""
@@ -290,7 +296,6 @@ class LxdSession:
             self._failed[name] = error
             raise error from None
         self.tracked[name] = tracked
-        self._start_heartbeat()
         self._note_pool(tracked)
         if tracked.declared and self._planned_clone_uses(tracked):
             self._start_clones(tracked)
@@ -402,7 +407,7 @@ class LxdSession:
             "type": "container",
             "source": source,
             "profiles": list(spec.profiles),
-            "config": {**spec.config, CREATED_KEY: tag, OWNER_KEY: tag, LEASE_KEY: recovery.lease_value()},
+            "config": {**spec.config, CREATED_KEY: tag, OWNER_KEY: tag},
             "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
         }
         try:
@@ -471,12 +476,6 @@ class LxdSession:
 
     def _restore(self, tracked: Tracked, *, recipe: bool = False) -> str | None:
         """Restore the base instance to its baseline; None, or what failed (the container is then broken)."""
-        with tracked.lock:
-            problem = self._restore_locked(tracked, recipe=recipe)
-        self._renew_soon.set()  # the restore put the baseline's (older) lease back
-        return problem
-
-    def _restore_locked(self, tracked: Tracked, *, recipe: bool) -> str | None:
         if tracked.broken:
             return tracked.broken
         client, instance, snapshot = self.client, tracked.instance, tracked.snapshot
@@ -550,7 +549,6 @@ class LxdSession:
         """Reset what is still checked out, delete what this session made (keeping broken ones for
         recovery), wait for the background work; what is left over."""
         self._stopping.set()
-        self._renew_soon.set()
         if self._client is None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             return []
@@ -587,6 +585,7 @@ class LxdSession:
         self._executor.shutdown(wait=True, cancel_futures=True)
         try:
             self._sweep()
+            recovery.close_lease(self.client, self.identity)
             return self.leftovers()
         except (*LXD_FAULTS, LxdSnapError) as exc:
             self.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "
@@ -620,7 +619,8 @@ class LxdSession:
                 found.append(Leftover(tracked.name, f"snapshot {tracked.instance}/{snap}"))
             if self.identity.owns(config):
                 found.append(Leftover(tracked.name, f"config key {OWNER_KEY} on {tracked.instance}"))
-            elif OWNER_KEY not in config:
-                found += [Leftover(tracked.name, f"config key {key} on {tracked.instance}")
-                          for key in (LEASE_KEY, POWER_KEY) if key in config]
+            elif OWNER_KEY not in config and POWER_KEY in config:
+                found.append(Leftover(tracked.name, f"config key {POWER_KEY} on {tracked.instance}"))
+        if recovery.lease_of(client, self.identity) is not None:
+            found.append(Leftover("session", f"profile {recovery.session_profile(self.identity)}"))
         return found

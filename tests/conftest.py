@@ -98,6 +98,8 @@ def plugin_leftovers(client: pylxd.Client) -> list[str]:
         if any(k.startswith("user.lxdsnap.") for k in record["config"]):
             found.append(f"config user.lxdsnap.* on {name}")
         found += [f"snapshot {name}/{s}" for s in snapshot_names(client, name) if s.startswith("lxdsnap-")]
+    found += [f"profile {p['name']}" for p in client.api.profiles.get(params={"recursion": 1}).json()["metadata"]
+              if p["name"].startswith("lxdsnap-session-")]
     return found
 
 

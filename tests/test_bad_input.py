@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from .conftest import PYPROJECT, user_config
+from .conftest import PYPROJECT, snapshot_names, user_config
 
 
 def instances(client) -> list[dict]:
@@ -204,7 +207,7 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
         result.stdout.fnmatch_lines([
             f"*resetting container '{name}' (instance {name}) to snapshot lxdsnap-*-base failed: *",
             f"*The snapshot is kept for recovery. Inspect: `lxc info {name}`; restore by hand: "
-            f"`lxc restore {name} lxdsnap-*-base`",
+            f"`lxc restore {name} lxdsnap-*-base`, or run `lxdsnap gc` once this session has ended",
             "PROBLEM resetting container*",
         ])
         assert result.ret != 0
@@ -212,11 +215,11 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
         assert "lxdsnap-" in kept and "user-snap" in kept
         # Recovery as the message says it: the plugin's snapshot brings back the pre-test state.
         lxc("move", moved, name)
-        snap = next(s for s in lxc("info", name).split() if s.startswith("lxdsnap-"))
-        lxc("restore", name, snap)
-        lxc("config", "unset", name, "user.lxdsnap.owner")
-        lxc("delete", f"{name}/{snap}")
+        recovered = subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", "gc"], capture_output=True,
+                                   text=True, check=True).stdout
+        assert f"restored {name} from lxdsnap-" in recovered
         assert user_config(lxd_client, name) == before
+        assert snapshot_names(lxd_client, name) == ["user-snap"]
     finally:
         if name not in lxc("list", "--format", "csv", "-c", "n").split():
             lxc("delete", "--force", moved)

@@ -68,15 +68,21 @@ def holding_suite(path: Path, names: list[str], tag: str = "") -> tuple[Path, Pa
     return flag, release
 
 
-def test_sigkill_mid_test_next_session_restores_and_sweeps(pytester, make_instance, lxd_client):
-    name = make_instance(snapshot="user-snap")
-    found = user_config(lxd_client, name)
+def crashed_session(pytester: pytest.Pytester, name: str) -> int:
+    """A session that changed ``name`` and a declared container, killed with -9 mid-test; its pid."""
     pytester.makefile(".toml", pyproject=DECLARED_WEB)
     flag, _ = holding_suite(pytester.path, [name, "web"])
     proc = start_session(pytester.path)
     wait_for(flag, proc)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
+    return proc.pid
+
+
+def test_sigkill_mid_test_next_session_restores_and_sweeps(pytester, make_instance, lxd_client):
+    name = make_instance(snapshot="user-snap")
+    found = user_config(lxd_client, name)
+    pid = crashed_session(pytester, name)
     # the crash left: the dirty container with our tag and baseline, and the declared container's instances
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 0
     assert OWNER_KEY in lxdapi.get_instance(lxd_client, name)["config"]
@@ -94,8 +100,9 @@ def test_sigkill_mid_test_next_session_restores_and_sweeps(pytester, make_instan
     """)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"NOTE instance {name}: session * is dead (pid {proc.pid} on this host is gone*",
+    result.stdout.fnmatch_lines([f"NOTE instance {name}: session * is dead (pid {pid} on this host is gone*",
                                  "NOTE deleted instance lxdsnap-web-* (created by session *, which is dead*"])
+    assert "NOTE deleted profile lxdsnap-session-" in result.stdout.str()  # the dead session's lease
     assert user_config(lxd_client, name) == found
     assert snapshot_names(lxd_client, name) == ["user-snap"]
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
@@ -105,12 +112,7 @@ def test_sigkill_mid_test_next_session_restores_and_sweeps(pytester, make_instan
 def test_gc_dry_run_lists_then_gc_recovers_a_killed_session(pytester, make_instance, lxd_client):
     name = make_instance(running=False)
     found = user_config(lxd_client, name)
-    pytester.makefile(".toml", pyproject=DECLARED_WEB)
-    flag, _ = holding_suite(pytester.path, [name, "web"])
-    proc = start_session(pytester.path)
-    wait_for(flag, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    crashed_session(pytester, name)
     assert lxdapi.status(lxd_client, name) == lxdapi.RUNNING
 
     dry = lxdsnap("gc", "--dry-run")
@@ -145,6 +147,7 @@ def test_gc_never_touches_a_live_session(pytester, make_instance, lxd_client):
         output, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        proc.communicate()
     assert proc.returncode == 0, output
     assert snapshot_names(lxd_client, name) == []
 
@@ -182,6 +185,7 @@ def test_gets_it_clean_after_the_first(lxd):
         out_second, _ = waiting.communicate(timeout=120)
     finally:
         first.kill()
+        first.communicate()
     assert first.returncode == 0, out_first
     assert waiting.returncode == 0, out_second
     assert snapshot_names(lxd_client, name) == []
@@ -202,6 +206,7 @@ def test_second_ctrl_c_exits_at_once_with_the_recovery_command(pytester, make_in
         output, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
+        proc.communicate()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "lxdsnap: second Ctrl-C: cleanup stopped. To finish it, run:" in output
     assert "  lxdsnap gc" in output and f"lxc restore {name} lxdsnap-" in output
@@ -216,29 +221,40 @@ def lxd_daemon_pid() -> int:
     return int(subprocess.run(["pgrep", "-xo", "lxd"], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
+DAEMON_FAULT = """
+import pathlib
+import time
+
+import pytest
+
+
+@pytest.mark.lxd({name!r})
+def test_daemon_fault(lxd):
+    lxd[{name!r}].write_text("/root/dirty", "x")
+    pathlib.Path({ready!r}).touch()
+    while not pathlib.Path({fault!r}).exists():
+        time.sleep(0.05)
+    lxd[{name!r}].exec(["true"])
+"""
+
+
+def daemon_fault_suite(pytester: pytest.Pytester, name: str) -> tuple[Path, Path]:
+    """A test that dirties ``name``, says "ready", waits until the daemon fault is in place, then execs."""
+    ready, fault = pytester.path / "ready", pytester.path / "fault"
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    (pytester.path / "test_daemon_fault.py").write_text(DAEMON_FAULT.format(name=name, ready=str(ready),
+                                                                            fault=str(fault)))
+    return ready, fault
+
+
 def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance, lxd_client):
     name = make_instance()
     found = user_config(lxd_client, name)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    flag = pytester.path / "frozen"
-    pytester.makepyfile(f"""
-        import pathlib
-        import time
-
-        import pytest
-
-        @pytest.mark.lxd("{name}")
-        def test_daemon_freezes(lxd):
-            lxd["{name}"].write_text("/root/dirty", "x")
-            pathlib.Path({str(pytester.path / 'ready')!r}).touch()
-            while not pathlib.Path({str(flag)!r}).exists():
-                time.sleep(0.05)
-            lxd["{name}"].exec(["true"])
-    """)
+    ready, flag = daemon_fault_suite(pytester, name)
     proc = start_session(pytester.path, "--lxd-timeout=3")
     daemon = lxd_daemon_pid()
     try:
-        wait_for(pytester.path / "ready", proc)
+        wait_for(ready, proc)
         os.kill(daemon, signal.SIGSTOP)
         flag.touch()
         started = time.monotonic()
@@ -247,6 +263,7 @@ def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance
     finally:
         os.kill(daemon, signal.SIGCONT)
         proc.kill()
+        proc.communicate()
     assert proc.returncode == 1, output
     assert "Read timed out" in output or "timed out" in output, output
     assert f"resetting container '{name}'" in output  # the reset could not run either: it says so
@@ -260,7 +277,7 @@ def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance
 
 @pytest.fixture
 def small_pool(lxd_client):
-    """A dir pool on a 64 MiB tmpfs: a snapshot of a container holding 40 MB does not fit."""
+    """A dir pool on a 64 MiB tmpfs: once a container fills it, a snapshot (a copy on dir) does not fit."""
     mount = Path(f"/tmp/lxdsnap-small-{os.getpid()}")
     mount.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
@@ -277,7 +294,7 @@ def test_a_full_pool_is_a_clear_error_and_the_container_stays_as_it_was(suite, l
     name = f"t-lxdsnap-full-{os.getpid()}"
     lxc("launch", "lxdsnap/busybox", name, "--storage", small_pool)
     try:
-        lxc("exec", name, "--", "dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=40")
+        lxc("exec", name, "--", "dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=61")
         found = user_config(lxd_client, name)
         suite.makepyfile(f"""
             import pytest
@@ -358,30 +375,16 @@ def test_user_objects_named_like_the_plugins_are_never_touched(pytester, lxd_cli
 def test_a_daemon_killed_and_restarted_mid_run(pytester, make_instance, lxd_client):
     name = make_instance(snapshot="user-snap")
     found = user_config(lxd_client, name)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    killed = pytester.path / "killed"
-    pytester.makepyfile(f"""
-        import pathlib
-        import time
-
-        import pytest
-
-        @pytest.mark.lxd("{name}")
-        def test_daemon_dies(lxd):
-            lxd["{name}"].write_text("/root/dirty", "x")
-            pathlib.Path({str(pytester.path / 'ready')!r}).touch()
-            while not pathlib.Path({str(killed)!r}).exists():
-                time.sleep(0.05)
-            lxd["{name}"].exec(["true"])
-    """)
+    ready, killed = daemon_fault_suite(pytester, name)
     proc = start_session(pytester.path, "--lxd-timeout=5")
     try:
-        wait_for(pytester.path / "ready", proc)
+        wait_for(ready, proc)
         os.kill(lxd_daemon_pid(), signal.SIGKILL)
         killed.touch()
         output, _ = proc.communicate(timeout=90)
     finally:
         proc.kill()
+        proc.communicate()
         restarted = lxdsnap("setup")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert proc.returncode == 1, output
