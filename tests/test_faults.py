@@ -218,7 +218,16 @@ def test_second_ctrl_c_exits_at_once_with_the_recovery_command(pytester, make_in
 
 
 def lxd_daemon_pid() -> int:
-    return int(subprocess.run(["pgrep", "-xo", "lxd"], capture_output=True, text=True, check=True).stdout.split()[0])
+    """The LXD daemon: the oldest process named lxd (its helpers, forkstart and callhook, come and go)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "lxd":
+                found.append((int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19]), int(entry.name)))
+        except OSError:
+            continue
+    assert found, "no lxd process: is the daemon running?"
+    return min(found)[1]
 
 
 DAEMON_FAULT = """
