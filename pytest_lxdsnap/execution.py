@@ -43,6 +43,11 @@ class ExecResult:
     def ok(self) -> bool:
         return self.exit_code == 0
 
+    @property
+    def output(self) -> bytes:
+        """stdout then stderr, as bytes (what testcontainers' ExecWaitStrategy reads)."""
+        return self.stdout_bytes + self.stderr_bytes
+
     def __repr__(self) -> str:
         return (f"ExecResult(command={shlex.join(self.command)!r}, exit_code={self.exit_code}, "
                 f"stdout={self.stdout[:200]!r}, stderr={self.stderr[:200]!r})")

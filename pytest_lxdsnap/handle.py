@@ -8,7 +8,7 @@ from functools import cached_property
 import pylxd
 from pylxd.models import Instance
 
-from . import execution
+from . import execution, ports
 from .execution import ExecResult
 from .lxdapi import quiet_pylxd, status
 
@@ -97,3 +97,24 @@ class Container:
     def exists(self, path: str) -> bool:
         """True when ``path`` (a file or a directory) exists in the container."""
         return execution.path_exists(self._client, self.instance_name, path)
+
+    # -- testcontainers' WaitStrategyTarget: any of its wait strategies works on this container -------
+    def get_container_host_ip(self) -> str:
+        """Where :meth:`get_exposed_port` listens: the host's loopback (LXD proxy devices, no bridge)."""
+        return ports.HOST
+
+    def get_exposed_port(self, port: int) -> int:
+        """The host port that reaches ``port`` on the container's loopback, through an LXD proxy device
+        added on first use (the reset removes it with everything else the test changed)."""
+        return ports.expose(self._client, self.instance_name, self.name, int(port))
+
+    def get_wrapped_container(self) -> ports.WrappedInstance:
+        """A docker-like view (``status``, ``attrs``, ``reload()``) for testcontainers' wait strategies."""
+        return ports.WrappedInstance(self._client, self.instance_name)
+
+    def get_logs(self) -> tuple[bytes, bytes]:
+        """The container's console log (its init's output), as (stdout, stderr)."""
+        return ports.console_log(self._client, self.instance_name), b""
+
+    def reload(self) -> None:
+        """Nothing to refresh: every call asks LXD afresh."""

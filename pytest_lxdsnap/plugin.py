@@ -7,16 +7,18 @@ connection to LXD is opened for a suite that has no marked test.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
-import statistics
 import sys
+import time
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import report
 from .connection import Endpoint
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
 from .settings import DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
@@ -24,11 +26,10 @@ from .strategy import SCOPES, STRATEGIES, check
 
 if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
     from .handle import Container
-    from .session import Checkout, Leftover, LxdSession, Request, Tracked
+    from .session import Checkout, LxdSession, Request
 
 SETTINGS: pytest.StashKey[Settings] = pytest.StashKey()
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
-LEFTOVERS: pytest.StashKey[list[Leftover]] = pytest.StashKey()
 NEXT_ITEM: pytest.StashKey[pytest.Item | None] = pytest.StashKey()
 REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()
 MARKER = "lxd"
@@ -61,11 +62,19 @@ KEEP_FAILED_HELP = ("When a test fails, keep its containers' state (a clone, cop
                     "before the reset, and print the lxc commands to inspect it")
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lxdsnap", "LXD container snapshots (pytest-lxdsnap)")
     for flag, ini, help_text in OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
+    group.addoption("--lxd-durations", dest="lxd_durations", type=int, default=0, metavar="N",
+                    help="List the N tests that waited longest for clean containers (0: none)")
     group.addoption("--lxd-keep-failed", dest="lxd_keep_failed", action="store_true", default=None,
                     help=KEEP_FAILED_HELP)
     parser.addini("lxd_keep_failed", KEEP_FAILED_HELP, type="bool", default=False)
@@ -196,13 +205,15 @@ def marker_option(item: pytest.Item, option: str) -> str | None:
 
 def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Request]:
     """What the item asks of each container: strategy and the key of the scope its state lives in."""
+    from .hookcalls import choose_strategy
     from .session import Request
 
-    strategy = marker_option(item, "strategy")
+    requested = marker_option(item, "strategy")
     scope = marker_option(item, "scope")
     found = []
     for name in marker_names(item):
         spec = specs.get(name)
+        strategy = choose_strategy(item, name, spec is not None, requested) or requested
         where = scope or (spec.scope if spec else None) or "function"
         node: pytest.Node | None = item
         if where == "class":
@@ -234,18 +245,24 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     """Connect once, before the first test, and only when some test carries the marker."""
     if not any(item.get_closest_marker(MARKER) for item in session.items):
         return
+    from .hookcalls import session_callbacks
+    from .ownership import SessionIdentity
     from .session import LxdSession
 
     settings = session.config.stash[SETTINGS]
-    lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl,
+    worker = getattr(session.config, "workerinput", {}).get("workerid")  # a pytest-xdist worker
+    identity = SessionIdentity(token=f"{worker}{secrets.token_hex(3)}") if worker else SessionIdentity()
+    lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl, identity=identity,
                      default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead,
-                     lease_wait=settings.lease_wait)
+                     lease_wait=settings.lease_wait, take_turns=worker is not None)
+    lxd.on_provision, lxd.on_ready = session_callbacks(session.config, lxd)
     try:
         lxd.connect()
-    except (LxdUnreachable, ConfigError) as exc:
+        requests = [r for item in session.items for r in requests_for(item, settings.specs)]
+    except (LxdUnreachable, ConfigError, LxdSnapError) as exc:
         raise pytest.UsageError(str(exc)) from None
     session.config.stash[SESSION] = lxd
-    lxd.plan([r for item in session.items for r in requests_for(item, settings.specs)])
+    lxd.plan(requests)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -302,16 +319,20 @@ def _lxdsnap_marker(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]:
     from .handle import Container
+    from .hookcalls import around_reset
 
     lxd = request.config.stash[SESSION]
     specs = request.config.stash[SETTINGS].specs
     error = None
     checkouts: list[Checkout] = []
-    requests = requests_for(request.node, specs)
+    requests: list[Request] = []
+    started = time.perf_counter()
     try:
+        requests = requests_for(request.node, specs)
         checkouts = lxd.acquire(requests)
     except LxdSnapError as exc:
         error = str(exc)
+    waited = time.perf_counter() - started
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
     yield Containers(request.node.nodeid,
@@ -324,10 +345,16 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     nextitem = request.node.stash.get(NEXT_ITEM, None)
     upcoming = set(requests_for(nextitem, specs)) if nextitem is not None else set()
     keep = {r.name for r in requests if r in upcoming and not r.scope_key.startswith("function:")}
+    after_reset = around_reset(request.node, lxd, checkouts, keep)
+    started = time.perf_counter()
     try:
         lxd.release(checkouts, keep=keep)
     except ResetError as exc:
         error = str(exc)
+    else:
+        after_reset()
+    request.config.stash.setdefault(report.DURATIONS, []).append(
+        (waited + time.perf_counter() - started, request.node.nodeid, ", ".join(r.name for r in requests)))
     if error:
         pytest.fail(error, pytrace=False)
 
@@ -347,36 +374,26 @@ def lxd(request: pytest.FixtureRequest) -> Containers:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """After the last fixture teardown (and so the last reset): remove what the session made."""
+    from .hookcalls import cleanup_keep
+
     lxd = session.config.stash.get(SESSION, None)
-    if lxd is None:
-        return
-    leftovers = lxd.finish()
-    session.config.stash[LEFTOVERS] = leftovers
-    if (leftovers or lxd.problems) and session.exitstatus == pytest.ExitCode.OK:
+    failed = session.config.stash.get(report.FAILED, False)  # a worker's leftovers, on the xdist controller
+    if lxd is not None:
+        try:
+            keep = cleanup_keep(session.config, lxd)
+        except LxdSnapError as exc:
+            lxd.problems.append(str(exc))
+            keep = set()
+        failed = report.finished(session.config, lxd, lxd.finish(keep=keep)) or failed
+    if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _summary_line(t: Tracked, leftovers: int) -> str:
-    median = f", median {statistics.median(t.reset_times):.2f} s" if t.reset_times else ""
-    used = ", ".join(f"{name} {count}" for name, count in t.strategies.most_common())
-    return (f"{t.name} ({t.kind}, instance {t.instance}): {t.resets} resets ({used or 'unused'}), "
-            f"{t.reset_seconds:.2f} s resetting{median}, leftovers {leftovers}")
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist controller: a worker finished; keep its lxdsnap report."""
+    report.from_worker(node.config, getattr(node, "workeroutput", {}) or {})
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    lxd = config.stash.get(SESSION, None)
-    if lxd is None or not lxd.tracked:
-        return
-    leftovers = config.stash.get(LEFTOVERS, [])
-    terminalreporter.write_sep("-", "lxdsnap")
-    for t in lxd.tracked.values():
-        mine = sum(1 for lo in leftovers if lo.container in (t.name, t.instance))
-        terminalreporter.write_line(_summary_line(t, mine), red=bool(mine))
-    for lo in leftovers:
-        terminalreporter.write_line(f"LEFTOVER {lo.what}", red=True)
-    for problem in lxd.problems:
-        terminalreporter.write_line(f"PROBLEM {problem}", red=True)
-    for notice in lxd.notices:
-        terminalreporter.write_line(f"NOTE {notice}", yellow=True)
-    for kept in lxd.kept:
-        terminalreporter.write_line(f"KEPT {kept}", yellow=True)
+    report.write(terminalreporter, config)

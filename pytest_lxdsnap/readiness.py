@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 import shlex
 import time
 
 import pylxd
 
+from . import ports
 from .errors import ExecTimeout, ReadinessError
 from .execution import ExecResult, exec_command
 from .settings import ReadyCheck
 
 
 def wait_ready(client: pylxd.Client, instance: str, check: ReadyCheck, container: str) -> float:
-    """Run ``check.command`` until it exits 0; the seconds it took, or ReadinessError after the timeout."""
+    """Run ``check.command`` until it exits 0 (or the wait strategy until it passes); the seconds it
+    took, or ReadinessError after the timeout."""
+    if check.wait_strategy is not None:
+        return _wait_strategy(client, instance, check, container)
+    assert check.command is not None
     start = time.monotonic()
     deadline = start + check.timeout
     last: ExecResult | None = None
@@ -35,3 +41,31 @@ def wait_ready(client: pylxd.Client, instance: str, check: ReadyCheck, container
         f"container {container!r} (instance {instance}) was not ready within {check.timeout:g} s: `{shown}` never "
         f"exited 0 ({detail}). Fix `ready` in [tool.lxdsnap.containers.{container}] or raise its timeout"
     )
+
+
+def _wait_strategy(client: pylxd.Client, instance: str, check: ReadyCheck, container: str) -> float:
+    from .handle import Container
+
+    assert check.wait_strategy is not None
+    module, _, attribute = check.wait_strategy.partition(":")
+    where = f"[tool.lxdsnap.containers.{container}] ready.wait_strategy {check.wait_strategy!r}"
+    try:
+        strategy = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ReadinessError(f"{where}: cannot import it ({exc}); it must be importable from the test run") from None
+    if not hasattr(strategy, "wait_until_ready") and callable(strategy):
+        strategy = strategy()  # a factory: a fresh strategy per container
+    if not hasattr(strategy, "wait_until_ready"):
+        raise ReadinessError(f"{where}: expected a testcontainers wait strategy (or a callable returning one), "
+                             f"got {type(strategy).__name__}")
+    if hasattr(strategy, "with_startup_timeout"):
+        strategy.with_startup_timeout(check.timeout)
+    start = time.monotonic()
+    try:
+        strategy.wait_until_ready(Container(client, container, instance, disposable=True))
+        ports.remove_all(client, instance)  # a port it exposed must not reach a snapshot or a test
+    except Exception as exc:  # testcontainers raises TimeoutError and friends: one clear error
+        raise ReadinessError(f"container {container!r} (instance {instance}) was not ready: "
+                             f"{type(strategy).__name__} failed within {check.timeout:g} s: {exc}. Fix {where} or "
+                             "raise its timeout") from exc
+    return time.monotonic() - start

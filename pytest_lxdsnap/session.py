@@ -11,13 +11,14 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi, recovery
+from . import lxdapi, ports, recovery
 from .clones import ClonePool
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
@@ -121,7 +122,9 @@ class LxdSession:
     def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], *,
                  snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL, identity: SessionIdentity | None = None,
                  default_strategy: str = "auto", prepare_ahead: int = DEFAULT_PREPARE_AHEAD,
-                 lease_wait: float = DEFAULT_LEASE_WAIT) -> None:
+                 lease_wait: float = DEFAULT_LEASE_WAIT,
+                 on_provision: Callable[[ContainerSpec, str], None] | None = None,
+                 on_ready: Callable[[str, str], None] | None = None, take_turns: bool = False) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.snapshot_ttl = snapshot_ttl
@@ -129,6 +132,9 @@ class LxdSession:
         self.default_strategy = default_strategy
         self.prepare_ahead = prepare_ahead
         self.lease_wait = lease_wait
+        self.on_provision = on_provision  # (spec, instance): after the provision commands
+        self.on_ready = on_ready  # (name, instance): a fresh container passed its readiness check
+        self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
         self.tracked: dict[str, Tracked] = {}
         self.problems: list[str] = []
         self.notices: list[str] = []
@@ -324,6 +330,8 @@ class LxdSession:
             tracked.reset_times.append(time.perf_counter() - start)
         else:
             instance = tracked.instance
+            if self._turns(tracked):
+                recovery.claim(self.client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
             self._power_base(tracked)
             tracked.dirty = True
         tracked.strategies[strategy] += 1
@@ -353,9 +361,14 @@ class LxdSession:
             tracked.base_stopping = self._executor.submit(lxdapi.set_power, self.client, tracked.instance, "stop")
 
     def _ready(self, tracked: Tracked, instance: str) -> None:
-        spec = self.specs.get(tracked.name)
+        self._check_ready(tracked.name, instance)
+
+    def _check_ready(self, name: str, instance: str) -> None:
+        spec = self.specs.get(name)
         if spec is not None and spec.ready is not None:
-            wait_ready(self.client, instance, spec.ready, tracked.name)
+            wait_ready(self.client, instance, spec.ready, name)
+        if self.on_ready is not None:
+            self.on_ready(name, instance)
 
     def _note_pool(self, tracked: Tracked) -> None:
         if tracked.pool_driver == "dir" and not any(f"pool {tracked.pool!r}" in n for n in self.notices):
@@ -387,6 +400,8 @@ class LxdSession:
             raise
         running = record["status"] == lxdapi.RUNNING
         pool, driver = lxdapi.root_pool(client, record)
+        if self.take_turns:  # other workers use it between our tests: claim it per test from now on
+            recovery.release(client, name, self.identity)
         return Tracked(name, name, False, snapshot, running, self._expiry(), pool, driver,
                        time.perf_counter() - start, base_running=running)
 
@@ -425,8 +440,10 @@ class LxdSession:
                         f"{command!r} exited {result.exit_code}\nstdout: {result.stdout[-2000:]}\n"
                         f"stderr: {result.stderr[-2000:]}\nFix `provision` in [{TABLE}.containers.{spec.name}]"
                     )
-            if spec.ready is not None:
-                wait_ready(client, instance, spec.ready, spec.name)
+            if self.on_provision is not None:
+                self.on_provision(spec, instance)
+            self._check_ready(spec.name, instance)
+            ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
             snapshot = self.identity.snapshot_name(BASELINE_LABEL)
             start = time.perf_counter()
             lxdapi.create_owned_snapshot(client, instance, snapshot, self.identity, self.snapshot_ttl)
@@ -470,9 +487,15 @@ class LxdSession:
             if not checkout.kept:
                 tracked.clones.retire(checkout.instance)
             return None
-        if checkout.strategy == "readonly":
-            return None  # the base stays dirty: finish() restores an existing container if needed
-        return self._restore(tracked, recipe=checkout.strategy == "recipe")
+        problem = None
+        if checkout.strategy != "readonly":  # readonly: finish() restores an existing container if needed
+            problem = self._restore(tracked, recipe=checkout.strategy == "recipe")
+        if self._turns(tracked) and not problem:
+            recovery.release(self.client, tracked.instance, self.identity)  # the next worker's turn
+        return problem
+
+    def _turns(self, tracked: Tracked) -> bool:
+        return self.take_turns and not tracked.declared
 
     def _restore(self, tracked: Tracked, *, recipe: bool = False) -> str | None:
         """Restore the base instance to its baseline; None, or what failed (the container is then broken)."""
@@ -545,7 +568,7 @@ class LxdSession:
                 f"Inspect: {start}lxc exec {kept} -- sh; lxc delete --force {kept} when done")
 
     # -- cleaning up ---------------------------------------------------------------------------
-    def finish(self) -> list[Leftover]:
+    def finish(self, keep: Iterable[str] = ()) -> list[Leftover]:
         """Reset what is still checked out, delete what this session made (keeping broken ones for
         recovery), wait for the background work; what is left over."""
         self._stopping.set()
@@ -570,10 +593,19 @@ class LxdSession:
                 self.problems.append(tracked.broken)
                 continue
             try:
+                if tracked.declared and tracked.name in keep:
+                    until = time.time() + self.snapshot_ttl
+                    recovery.mark_kept(self.client, tracked.instance, until)
+                    self.kept.append(f"kept declared container {tracked.name!r} as instance {tracked.instance} "
+                                     f"(a cleanup hook asked; `lxdsnap gc` deletes it after "
+                                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(until))})")
+                    continue
                 if tracked.declared:
                     lxdapi.delete_owned_instance(self.client, tracked.instance, self.identity)
                     continue
                 if tracked.dirty:  # a readonly test (or an interrupted one) may have changed it
+                    if self._turns(tracked):
+                        recovery.claim(self.client, tracked.instance, self.identity, wait=self.lease_wait)
                     problem = self._restore(tracked)
                     if problem:
                         self.problems.append(problem)

@@ -32,11 +32,13 @@ NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
 
 @dataclass(frozen=True)
 class ReadyCheck:
-    """A command that must exit 0 (retried until ``timeout``) before a test sees the container."""
+    """A command that must exit 0 (retried until ``timeout``), or a testcontainers wait strategy
+    (``"module:attribute"``), that must pass before a test sees the container."""
 
-    command: str | tuple[str, ...]
+    command: str | tuple[str, ...] | None
     timeout: float = DEFAULT_READY_TIMEOUT
     interval: float = 0.1
+    wait_strategy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,20 +115,28 @@ def parse_container(name: str, table: Any) -> ContainerSpec:
 
 
 def parse_ready(value: Any, path: str) -> ReadyCheck:
-    """``ready = "cmd"``, ``ready = ["argv", ...]`` or ``ready = {command = ..., timeout = 30}``."""
+    """``ready = "cmd"``, ``["argv", ...]``, ``{command = ..., timeout = 30}`` or
+    ``{wait_strategy = "module:attribute", timeout = 30}`` (a testcontainers wait strategy, or a callable
+    returning one)."""
     table = value if isinstance(value, dict) else {"command": value}
-    unknown = sorted(set(table) - {"command", "timeout"})
+    unknown = sorted(set(table) - {"command", "timeout", "wait_strategy"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: command, timeout")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: command, wait_strategy, timeout")
+    if ("command" in table) == ("wait_strategy" in table):
+        raise ConfigError(f"{path}: give exactly one of command (a shell command or argv list) and wait_strategy "
+                          "(\"module:attribute\" naming a testcontainers wait strategy)")
+    strategy = table.get("wait_strategy")
+    if strategy is not None and (not isinstance(strategy, str) or ":" not in strategy):
+        raise ConfigError(f"{path} wait_strategy: expected \"module:attribute\", got {strategy!r}")
     command = table.get("command")
     if isinstance(command, list):
         command = _str_list(command, f"{path} command")
-    if not command or not isinstance(command, str | tuple):
+    if strategy is None and (not command or not isinstance(command, str | tuple)):
         raise ConfigError(f"{path} command: expected a shell command (string) or an argv list, got {command!r}")
     timeout = table.get("timeout", DEFAULT_READY_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"{path} timeout: expected a positive number of seconds, got {timeout!r}")
-    return ReadyCheck(command, float(timeout))
+    return ReadyCheck(command, float(timeout), wait_strategy=strategy)
 
 
 def parse_table(data: dict[str, Any]) -> dict[str, ContainerSpec]:

@@ -1,0 +1,226 @@
+"""pluggy hooks, testcontainers wait strategies on LXD containers, pytest-xdist workers, --lxd-durations."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+
+from pytest_lxdsnap import lxdapi
+
+from .conftest import PYPROJECT, instance_names, lxc, snapshot_names, user_config
+
+WEB = PYPROJECT + """
+[tool.lxdsnap.containers.web]
+image = "lxdsnap/busybox"
+"""
+
+
+def test_hooks_provision_ready_strategy_and_reset_order(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=WEB)
+    log = pytester.path / "hooks.log"
+    pytester.makeconftest(f"""
+        def note(line):
+            with open({str(log)!r}, "a") as fh:
+                fh.write(line + "\\n")
+
+        def pytest_lxdsnap_provision(container, spec):
+            container.write_text("/root/from-hook", spec.name)
+            note(f"provision {{spec.name}}")
+
+        def pytest_lxdsnap_container_ready(container, spec):
+            assert container.exists("/root/from-hook")
+            note(f"ready {{container.name}}")
+
+        def pytest_lxdsnap_choose_strategy(item, name, declared, requested):
+            return "inplace" if item.name.endswith("[1]") else None
+
+        def pytest_lxdsnap_before_reset(item, container, strategy):
+            note(f"before {{item.name}} {{strategy}} dirty={{container.exists('/root/dirty')}}")
+
+        def pytest_lxdsnap_after_reset(item, name, strategy):
+            note(f"after {{item.name}} {{strategy}}")
+    """)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        @pytest.mark.parametrize("i", range(3))
+        def test_it(lxd, i):
+            assert lxd["web"].read_text("/root/from-hook") == "web"
+            lxd["web"].write_text("/root/dirty", "x")
+    """)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["web (declared, *): 3 resets (clone 2, inplace 1)*leftovers 0"])
+    lines = log.read_text().splitlines()
+    assert lines[:2] == ["provision web", "ready web"]  # before the baseline snapshot
+    resets = [line for line in lines if line.startswith(("before", "after"))]
+    assert resets == ["before test_it[0] clone dirty=True", "after test_it[0] clone",
+                      "before test_it[1] inplace dirty=True", "after test_it[1] inplace",
+                      "before test_it[2] clone dirty=True", "after test_it[2] clone"]
+    assert lines.count("ready web") >= 3  # the baseline, the clones and the restored base
+
+
+@pytest.mark.parametrize(
+    ("conftest", "message"),
+    [
+        ("def pytest_lxdsnap_choose_strategy(item, name, declared, requested):\n    return 'fastest'",
+         "*hook pytest_lxdsnap_choose_strategy returned a bad strategy for container 'web' in "
+         "test_it.py::test_it: unknown value 'fastest'; valid values: auto*"),
+        ("def pytest_lxdsnap_provision(container, spec):\n    raise RuntimeError('no network')",
+         "*hook pytest_lxdsnap_provision failed for container 'web' (instance lxdsnap-web-*): "
+         "RuntimeError: no network*"),
+    ],
+)
+def test_a_bad_hook_is_one_clear_error_and_leaves_nothing(pytester, lxd_client, conftest, message):
+    before = instance_names(lxd_client)
+    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_it="""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_it(lxd):
+            pass
+    """)
+    result = pytester.runpytest()
+    assert result.ret != 0
+    all_output = result.stdout.lines + result.stderr.lines
+    assert any(fnmatch.fnmatch(line, message) for line in all_output), "\n".join(all_output)
+    assert instance_names(lxd_client) == before
+
+
+def test_cleanup_hook_keeps_a_declared_container(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makeconftest("""
+        def pytest_lxdsnap_cleanup(config, containers):
+            return ["web"]
+    """)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_it(lxd):
+            pass
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["KEPT kept declared container 'web' as instance lxdsnap-web-* (a cleanup hook "
+                                 "asked; `lxdsnap gc` deletes it after *)"])
+    kept = [n for n in instance_names(lxd_client) if n.startswith("lxdsnap-web-")]
+    try:
+        assert len(kept) == 1
+        assert "user.lxdsnap.kept" in lxdapi.get_instance(lxd_client, kept[0])["config"]
+    finally:
+        for name in kept:
+            lxc("delete", "--force", name)
+
+
+def test_testcontainers_wait_strategies_on_an_lxd_container(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=WEB + """provision = [
+    "mkdir -p /www && echo hello > /www/index.html",
+    "sed -i 's|^trap|(sleep 1; httpd -p 127.0.0.1:8080 -h /www; echo service-started) \\\\& \\\\ntrap|' /sbin/init",
+    "httpd -p 127.0.0.1:8080 -h /www",
+]
+ready = { wait_strategy = "waits:http_ready", timeout = 30 }
+""")
+    pytester.makepyfile(waits="""
+        from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+        def http_ready():
+            return HttpWaitStrategy(8080).for_status_code(200)
+    """)
+    pytester.makepyfile(test_waits="""
+        import urllib.request
+
+        import pytest
+        from testcontainers.core.wait_strategies import (
+            ExecWaitStrategy, HttpWaitStrategy, LogMessageWaitStrategy, PortWaitStrategy)
+
+        @pytest.mark.lxd("web")
+        @pytest.mark.parametrize("i", range(2))
+        def test_strategies(lxd, i):
+            web = lxd["web"]
+            HttpWaitStrategy(8080).for_status_code(200).with_startup_timeout(10).wait_until_ready(web)
+            PortWaitStrategy(8080).with_startup_timeout(10).wait_until_ready(web)
+            ExecWaitStrategy(["test", "-e", "/www/index.html"]).with_startup_timeout(10).wait_until_ready(web)
+            port = web.get_exposed_port(8080)
+            assert web.get_exposed_port(8080) == port  # one device per port
+            url = f"http://{web.get_container_host_ip()}:{port}/"
+            assert urllib.request.urlopen(url, timeout=5).read() == b"hello\\n"
+            assert web.get_wrapped_container().status == "running"
+            assert "lxdsnap-port-8080" in web.instance.devices
+            with pytest.raises(TimeoutError):
+                LogMessageWaitStrategy("never printed").with_startup_timeout(1).wait_until_ready(web)
+
+        @pytest.mark.lxd("web", strategy="inplace")
+        def test_devices_go_with_the_reset(lxd):
+            web = lxd["web"]
+            assert not any(d.startswith("lxdsnap-port-") for d in web.instance.devices)
+            web.get_exposed_port(8080)
+    """)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["web (declared, *): * resets*leftovers 0"])
+
+
+def test_a_wait_strategy_that_times_out_names_the_container(pytester, lxd_client):
+    before = instance_names(lxd_client)
+    pytester.makefile(".toml", pyproject=WEB + 'ready = { wait_strategy = "waits:never", timeout = 2 }\n')
+    pytester.makepyfile(waits="""
+        from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+        never = HttpWaitStrategy(9999)
+    """)
+    pytester.makepyfile(test_it="""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_it(lxd):
+            pass
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*container 'web' (instance lxdsnap-web-*) was not ready: HttpWaitStrategy failed "
+                                 "within 2 s: *Fix [[]tool.lxdsnap.containers.web] ready.wait_strategy 'waits:never'*"])
+    assert instance_names(lxd_client) == before
+
+
+def test_a_taken_host_port_is_a_clear_error(pytester, lxd_client, make_instance):
+    import socket
+
+    from pytest_lxdsnap.ports import PortError, expose
+
+    name = make_instance()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortError, match=f"container 'box' \\(instance {name}\\): forwarding 127.0.0.1:{port} "
+                                            "to port 80 failed: .*"):
+            expose(lxd_client, name, "box", 80, host_port=port)
+    assert "lxdsnap-port-80" not in lxdapi.get_instance(lxd_client, name)["devices"]
+
+
+def test_xdist_workers_each_get_a_clean_state(pytester, lxd_client, make_instance):
+    name = make_instance(snapshot="user-snap")
+    found = user_config(lxd_client, name)
+    before = instance_names(lxd_client)
+    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lxd("{name}", "web")
+        @pytest.mark.parametrize("i", range(20))
+        def test_changes_both(lxd, i):
+            for c in lxd.values():
+                assert not c.exists("/root/dirty"), "another test's change leaked in"
+                c.write_text("/root/dirty", str(i))
+    """)
+    result = pytester.runpytest("-n", "2", "-p", "xdist", "--lxd-durations=3")
+    result.assert_outcomes(passed=20)
+    assert instance_names(lxd_client) == before
+    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert user_config(lxd_client, name) == found
+    assert lxc("exec", name, "--", "ls", "/root") == ""
