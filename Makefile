@@ -30,6 +30,8 @@ demo: setup
 	cd examples/seed_tutorial && ../../$(BIN)/pytest -v; status=$$?; ../../$(BIN)/python make_container.py delete; exit $$status
 	cd examples/declared && ../../$(BIN)/pytest -v
 	cd examples/strategies && ../../$(BIN)/pytest -v
+	cd examples/ecosystem && ../../$(BIN)/pytest -v --lxd-durations=3
+	cd examples/ecosystem && ../../$(BIN)/pytest -v -n 2
 
 lint: install
 	$(BIN)/ruff check .

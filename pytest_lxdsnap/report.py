@@ -44,7 +44,7 @@ def finished(config: pytest.Config, lxd: LxdSession, leftovers: list[Leftover]) 
     config.stash[LINES] = lines
     workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        worker = workeroutput.get("workerid", "worker")
+        worker = getattr(config, "workerinput", {}).get("workerid", "worker")
         workeroutput[WORKER_KEY] = {"lines": [(colour, f"[{worker}] {text}") for colour, text in lines],
                                     "failed": failed, "durations": config.stash.get(DURATIONS, [])}
     return failed

@@ -14,6 +14,14 @@ WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]
 image = "lxdsnap/busybox"
 """
+USES_WEB = """
+import pytest
+
+
+@pytest.mark.lxd("web")
+def test_it(lxd):
+    pass
+"""
 
 
 def test_hooks_provision_ready_strategy_and_reset_order(pytester, lxd_client):
@@ -77,13 +85,7 @@ def test_a_bad_hook_is_one_clear_error_and_leaves_nothing(pytester, lxd_client, 
     before = instance_names(lxd_client)
     pytester.makefile(".toml", pyproject=WEB)
     pytester.makeconftest(conftest)
-    pytester.makepyfile(test_it="""
-        import pytest
-
-        @pytest.mark.lxd("web")
-        def test_it(lxd):
-            pass
-    """)
+    pytester.makepyfile(test_it=USES_WEB)
     result = pytester.runpytest()
     assert result.ret != 0
     all_output = result.stdout.lines + result.stderr.lines
@@ -97,13 +99,7 @@ def test_cleanup_hook_keeps_a_declared_container(pytester, lxd_client):
         def pytest_lxdsnap_cleanup(config, containers):
             return ["web"]
     """)
-    pytester.makepyfile("""
-        import pytest
-
-        @pytest.mark.lxd("web")
-        def test_it(lxd):
-            pass
-    """)
+    pytester.makepyfile(test_it=USES_WEB)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["KEPT kept declared container 'web' as instance lxdsnap-web-* (a cleanup hook "
@@ -173,13 +169,7 @@ def test_a_wait_strategy_that_times_out_names_the_container(pytester, lxd_client
 
         never = HttpWaitStrategy(9999)
     """)
-    pytester.makepyfile(test_it="""
-        import pytest
-
-        @pytest.mark.lxd("web")
-        def test_it(lxd):
-            pass
-    """)
+    pytester.makepyfile(test_it=USES_WEB)
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*container 'web' (instance lxdsnap-web-*) was not ready: HttpWaitStrategy failed "

@@ -11,9 +11,9 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(folder: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-v"], cwd=folder, capture_output=True, text=True,
-                          timeout=600)
+def run_example(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-v", *args], cwd=folder, capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_seed_tutorial_example(lxd_client):
@@ -28,9 +28,11 @@ def test_seed_tutorial_example(lxd_client):
     assert "demo-ubuntu-test (existing, instance demo-ubuntu-test): 6 resets" in result.stdout
 
 
-@pytest.mark.parametrize(("name", "passed"), [("declared", 4), ("strategies", 7)])
-def test_declared_examples(lxd_client, name, passed):
-    result = run_example(EXAMPLES / name)
+@pytest.mark.parametrize(("name", "args", "passed"),
+                         [("declared", (), 4), ("strategies", (), 7), ("ecosystem", (), 5),
+                          ("ecosystem", ("-n", "2"), 5)])
+def test_declared_examples(lxd_client, name, args, passed):
+    result = run_example(EXAMPLES / name, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{passed} passed" in result.stdout
     assert "leftovers 0" in result.stdout
