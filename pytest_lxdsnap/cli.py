@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p_gc = sub.add_parser("gc", help="Restore and remove what dead lxdsnap sessions left (instances, snapshots, "
                           "tags, kept states past their expiry); live sessions are never touched")
     p_gc.add_argument("--dry-run", action="store_true", help="Only list what would be done")
+    p_pub = sub.add_parser("publish", help="Publish the baseline of a declared container kept by --lxd-reuse as a "
+                           "local image (other hosts or CI caches can start from it)")
+    p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
+    p_pub.add_argument("--alias", help="image alias (default: lxdsnap/<name>)")
     args = parser.parse_args(argv)
     endpoint = Endpoint(url=args.endpoint, project=args.project)
     try:
@@ -37,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run)
+        if args.command == "publish":
+            from .reuse import publish
+
+            fingerprint, alias = publish(endpoint, args.name, args.alias)
+            print(f"lxdsnap publish: image {fingerprint[:12]} as {alias}; use it with image = \"{alias}\"")
+            return 0
         checks = doctor(endpoint)
     except LxdSnapError as exc:
         print(f"lxdsnap {args.command}: {exc}", file=sys.stderr)

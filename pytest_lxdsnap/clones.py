@@ -17,7 +17,7 @@ import pylxd
 
 from . import lxdapi
 from .errors import LxdSnapError
-from .ownership import SessionIdentity
+from .ownership import CREATED_KEY, OWNER_KEY, SessionIdentity
 
 MAX_INSTANCE_NAME = 63
 
@@ -102,6 +102,8 @@ class ClonePool:
             "type": "container",
             "source": {"type": "copy", "source": f"{self.base}/{self.snapshot}", "instance_only": True},
             "profiles": list(self.profiles),
+            # this session's tags, whatever the snapshot carries (a kept baseline carries none)
+            "config": {CREATED_KEY: self.identity.tag(), OWNER_KEY: self.identity.tag()},
         }
         try:
             lxdapi.wait(self._client, self._client.api.instances.post(json=body))

@@ -182,17 +182,17 @@ def create_owned_snapshot(
         raise ValueError(f"refusing to create a snapshot without the plugin prefix: {snapshot!r}")
     if not identity.owns(get_instance(client, instance)["config"]):
         raise OwnershipError(f"instance {instance!r} does not carry this session's {OWNER_KEY} tag")
-    body = {"name": snapshot, "stateful": False, "expires_at": _expiry(ttl)}
+    body = {"name": snapshot, "stateful": False, "expires_at": expiry(ttl)}
     wait(client, client.api.instances[instance].snapshots.post(json=body))
 
 
-def _expiry(ttl: float) -> str:
+def expiry(ttl: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
 
 
 def extend_snapshot_expiry(client: pylxd.Client, instance: str, snapshot: str, ttl: float) -> None:
     """Move a snapshot's expiry to ``ttl`` seconds from now (a long session keeps its baseline)."""
-    wait(client, client.api.instances[instance].snapshots[snapshot].put(json={"expires_at": _expiry(ttl)}))
+    wait(client, client.api.instances[instance].snapshots[snapshot].put(json={"expires_at": expiry(ttl)}))
 
 
 def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *, timeout: float = 120) -> None:

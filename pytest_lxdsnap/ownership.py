@@ -34,6 +34,12 @@ POWER_KEY = "user.lxdsnap.power"
 KEPT_KEY = "user.lxdsnap.kept"
 """Config key on an instance kept after a failed test (--lxd-keep-failed): when gc may delete it."""
 
+REUSE_KEY = "user.lxdsnap.reuse"
+"""Config key on a declared container kept between runs (--lxd-reuse): the hash of its declaration."""
+
+REUSE_PREFIX = "lxdsnap-keep-"
+REUSE_SNAPSHOT = "lxdsnap-reuse-base"
+
 LEASE_SECONDS = 90.0
 """A session renews its leases every third of this; a lease that ran out marks its owner dead."""
 

@@ -58,6 +58,8 @@ OPTIONS = [
 ]
 
 
+REUSE_HELP = ("Keep provisioned declared containers and their baselines between runs (rebuilt when the "
+              "declaration changes; `lxdsnap gc` removes them)")
 KEEP_FAILED_HELP = ("When a test fails, keep its containers' state (a clone, copy or snapshot that expires) "
                     "before the reset, and print the lxc commands to inspect it")
 
@@ -73,6 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, help_text in OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
+    group.addoption("--lxd-reuse", dest="lxd_reuse", action="store_true", default=None, help=REUSE_HELP)
+    parser.addini("lxd_reuse", REUSE_HELP, type="bool", default=False)
     group.addoption("--lxd-durations", dest="lxd_durations", type=int, default=0, metavar="N",
                     help="List the N tests that waited longest for clean containers (0: none)")
     group.addoption("--lxd-keep-failed", dest="lxd_keep_failed", action="store_true", default=None,
@@ -122,7 +126,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"(0 prepares none ahead), got {ahead_raw!r}")
     keep_failed = config.getoption("lxd_keep_failed") or config.getini("lxd_keep_failed")
     lease_wait = _seconds(config, "lxd_lease_wait", 60.0)
-    config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait)
+    reuse = bool(config.getoption("lxd_reuse") or config.getini("lxd_reuse"))
+    config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait,
+                                      reuse)
     config.pluginmanager.register(InterruptGuard(config), "lxdsnap-interrupt-guard")
 
 
@@ -137,6 +143,7 @@ class Settings:
     prepare_ahead: int = DEFAULT_PREPARE_AHEAD
     keep_failed: bool = False
     lease_wait: float = 60.0
+    reuse: bool = False
 
 
 class InterruptGuard:
@@ -254,7 +261,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     identity = SessionIdentity(token=f"{worker}{secrets.token_hex(3)}") if worker else SessionIdentity()
     lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl, identity=identity,
                      default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead,
-                     lease_wait=settings.lease_wait, take_turns=worker is not None)
+                     lease_wait=settings.lease_wait, take_turns=worker is not None, reuse=settings.reuse)
     lxd.on_provision, lxd.on_ready = session_callbacks(session.config, lxd)
     try:
         lxd.connect()

@@ -20,7 +20,7 @@ from functools import partial
 import pylxd
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from . import lxdapi
+from . import lxdapi, reuse
 from .errors import OwnershipError
 from .ownership import (
     CREATED_KEY,
@@ -249,6 +249,11 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
                                      f"which is dead ({why})", _then(delete, f"deleted instance {name}")))
             continue
         owner = parse_tag(config.get(OWNER_KEY))
+        if reuse.is_kept(record):
+            if owner is None or verdict(owner)[0]:
+                found.append(Garbage(f"instance {name}", "a declared container kept for reuse (--lxd-reuse)",
+                                     _then(partial(reuse.delete_kept, client, name), f"deleted kept instance {name}")))
+            continue
         if owner is not None:
             dead, why = verdict(owner)
             if dead:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi, ports, recovery
+from . import lxdapi, ports, recovery, reuse
 from .clones import ClonePool
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
@@ -31,6 +31,8 @@ from .ownership import (
     LEASE_SECONDS,
     OWNER_KEY,
     POWER_KEY,
+    REUSE_KEY,
+    REUSE_SNAPSHOT,
     SessionIdentity,
 )
 from .readiness import wait_ready
@@ -83,6 +85,7 @@ class Tracked:
     base_running: bool = True  # power state the base instance is in now
     base_stopping: Future[None] | None = None
     dirty: bool = False  # the base instance may differ from its baseline
+    kept: bool = False  # a declared container kept between runs (--lxd-reuse)
 
     @property
     def kind(self) -> str:
@@ -124,7 +127,8 @@ class LxdSession:
                  default_strategy: str = "auto", prepare_ahead: int = DEFAULT_PREPARE_AHEAD,
                  lease_wait: float = DEFAULT_LEASE_WAIT,
                  on_provision: Callable[[ContainerSpec, str], None] | None = None,
-                 on_ready: Callable[[str, str], None] | None = None, take_turns: bool = False) -> None:
+                 on_ready: Callable[[str, str], None] | None = None, take_turns: bool = False,
+                 reuse: bool = False) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.snapshot_ttl = snapshot_ttl
@@ -135,6 +139,7 @@ class LxdSession:
         self.on_provision = on_provision  # (spec, instance): after the provision commands
         self.on_ready = on_ready  # (name, instance): a fresh container passed its readiness check
         self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
+        self.reuse = reuse  # keep provisioned declared containers between runs
         self.tracked: dict[str, Tracked] = {}
         self.problems: list[str] = []
         self.notices: list[str] = []
@@ -355,7 +360,8 @@ class LxdSession:
             planned=self._planned_clone_uses(tracked), ready=lambda instance: self._ready(tracked, instance),
         )
         tracked.clones.top_up()
-        if all(self.strategy_for(tracked, r) == "clone" for r in self._planned.get(tracked.name, [])):
+        only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self._planned.get(tracked.name, []))
+        if only_clones and tracked.base_running:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
             tracked.base_running = False
             tracked.base_stopping = self._executor.submit(lxdapi.set_power, self.client, tracked.instance, "stop")
@@ -407,8 +413,59 @@ class LxdSession:
 
     def _launch(self, spec: ContainerSpec) -> Tracked:
         """Launch a declared container, provision it, wait until ready, and take its baseline snapshot."""
+        if self.reuse:
+            return self._launch_kept(spec)
         client = self.client
         instance = f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}"
+        snapshot = self.identity.snapshot_name(BASELINE_LABEL)
+        tag = self.identity.tag()
+        try:
+            seconds = self._build(spec, instance, {CREATED_KEY: tag, OWNER_KEY: tag}, lambda: (
+                lxdapi.create_owned_snapshot(client, instance, snapshot, self.identity, self.snapshot_ttl)))
+            pool, driver = lxdapi.root_pool(client, lxdapi.get_instance(client, instance))
+        except BaseException:
+            if lxdapi.instance_exists(client, instance):
+                lxdapi.delete_owned_instance(client, instance, self.identity)
+            raise
+        return Tracked(spec.name, instance, True, snapshot, True, self._expiry(), pool, driver, seconds)
+
+    def _launch_kept(self, spec: ContainerSpec) -> Tracked:
+        """--lxd-reuse: claim the kept build of this declaration, or build and keep it."""
+        client = self.client
+        instance = reuse.kept_name(spec, reuse.declaration_hash(client, spec))
+        for old in reuse.stale(client, spec, instance):
+            reuse.delete_kept(client, old)
+            self.notices.append(f"deleted {old}: the declaration of {spec.name!r} changed since it was built")
+        seconds = 0.0
+        reused = lxdapi.instance_exists(client, instance) and reuse.has_baseline(client, instance)
+        if reused:
+            self.notices.append(f"reusing {instance} for {spec.name!r} (its declaration is unchanged)")
+        else:
+            if lxdapi.instance_exists(client, instance):  # a build cut short: no baseline
+                reuse.delete_kept(client, instance)
+            digest = instance.rsplit("-", 1)[1]
+            try:
+                seconds = self._build(spec, instance, {REUSE_KEY: digest},
+                                      lambda: reuse.take_baseline(client, instance, self.snapshot_ttl))
+            except BaseException:
+                if lxdapi.instance_exists(client, instance):
+                    reuse.delete_kept(client, instance)
+                raise
+        record = recovery.claim(client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
+        if reused:  # start from its baseline, stopped, whatever a crashed run left
+            if record["status"] != lxdapi.STOPPED:
+                lxdapi.set_power(client, instance, "stop")
+            lxdapi.restore_snapshot(client, instance, REUSE_SNAPSHOT)
+            record = recovery.claim(client, instance, self.identity, wait=self.lease_wait)
+        lxdapi.extend_snapshot_expiry(client, instance, REUSE_SNAPSHOT, self.snapshot_ttl)
+        pool, driver = lxdapi.root_pool(client, record)
+        return Tracked(spec.name, instance, True, REUSE_SNAPSHOT, True, self._expiry(), pool, driver, seconds,
+                       base_running=record["status"] == lxdapi.RUNNING, kept=True)
+
+    def _build(self, spec: ContainerSpec, instance: str, tags: dict[str, str],
+               take_baseline: Callable[[], None]) -> float:
+        """Create ``instance`` from the declaration, provision it, check it, snapshot it; the snapshot's seconds."""
+        client = self.client
         if spec.image_remote is not None:
             server, protocol = REMOTES[spec.image_remote]
             source = {"type": "image", "alias": spec.image.split(":", 1)[1], "server": server, "protocol": protocol}
@@ -416,13 +473,12 @@ class LxdSession:
             source = {"type": "image", "fingerprint": spec.image}
         else:
             source = {"type": "image", "alias": spec.image}
-        tag = self.identity.tag()
         body = {
             "name": instance,
             "type": "container",
             "source": source,
             "profiles": list(spec.profiles),
-            "config": {**spec.config, CREATED_KEY: tag, OWNER_KEY: tag},
+            "config": {**spec.config, **tags},
             "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
         }
         try:
@@ -430,29 +486,22 @@ class LxdSession:
         except LXD_FAULTS as exc:
             raise LxdSnapError(f"launching declared container {spec.name!r} from image {spec.image!r} failed: "
                                f"{describe(exc)}") from None
-        try:
-            lxdapi.set_power(client, instance, "start")
-            for command in spec.provision:
-                result = exec_command(client, instance, command, keep_logs=True)
-                if result.exit_code != 0:
-                    raise ProvisionError(
-                        f"provisioning declared container {spec.name!r} (instance {instance}) failed: "
-                        f"{command!r} exited {result.exit_code}\nstdout: {result.stdout[-2000:]}\n"
-                        f"stderr: {result.stderr[-2000:]}\nFix `provision` in [{TABLE}.containers.{spec.name}]"
-                    )
-            if self.on_provision is not None:
-                self.on_provision(spec, instance)
-            self._check_ready(spec.name, instance)
-            ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
-            snapshot = self.identity.snapshot_name(BASELINE_LABEL)
-            start = time.perf_counter()
-            lxdapi.create_owned_snapshot(client, instance, snapshot, self.identity, self.snapshot_ttl)
-            snapshot_seconds = time.perf_counter() - start
-            pool, driver = lxdapi.root_pool(client, lxdapi.get_instance(client, instance))
-        except BaseException:
-            lxdapi.delete_owned_instance(client, instance, self.identity)
-            raise
-        return Tracked(spec.name, instance, True, snapshot, True, self._expiry(), pool, driver, snapshot_seconds)
+        lxdapi.set_power(client, instance, "start")
+        for command in spec.provision:
+            result = exec_command(client, instance, command, keep_logs=True)
+            if result.exit_code != 0:
+                raise ProvisionError(
+                    f"provisioning declared container {spec.name!r} (instance {instance}) failed: "
+                    f"{command!r} exited {result.exit_code}\nstdout: {result.stdout[-2000:]}\n"
+                    f"stderr: {result.stderr[-2000:]}\nFix `provision` in [{TABLE}.containers.{spec.name}]"
+                )
+        if self.on_provision is not None:
+            self.on_provision(spec, instance)
+        self._check_ready(spec.name, instance)
+        ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
+        start = time.perf_counter()
+        take_baseline()
+        return time.perf_counter() - start
 
     def _expiry(self) -> float:
         return time.time() + self.snapshot_ttl
@@ -509,6 +558,8 @@ class LxdSession:
                 lxdapi.set_power(client, instance, "stop")  # the tutorial's recipe stops first, explicitly
                 running = False
             lxdapi.restore_snapshot(client, instance, snapshot)  # LXD restarts a running instance itself
+            if tracked.kept:  # the kept baseline has no session tag: take the instance again
+                recovery.claim(client, instance, self.identity, wait=self.lease_wait)
             if tracked.running and not running:
                 lxdapi.set_power(client, instance, "start")
             tracked.base_running = tracked.running
@@ -593,6 +644,16 @@ class LxdSession:
                 self.problems.append(tracked.broken)
                 continue
             try:
+                if tracked.kept:  # --lxd-reuse: leave it stopped at its baseline for the next run
+                    if tracked.dirty:
+                        problem = self._restore(tracked)
+                        if problem:
+                            self.problems.append(problem)
+                            continue
+                    if lxdapi.status(self.client, tracked.instance) != lxdapi.STOPPED:
+                        lxdapi.set_power(self.client, tracked.instance, "stop")
+                    recovery.release(self.client, tracked.instance, self.identity)
+                    continue
                 if tracked.declared and tracked.name in keep:
                     until = time.time() + self.snapshot_ttl
                     recovery.mark_kept(self.client, tracked.instance, until)
@@ -641,7 +702,7 @@ class LxdSession:
         for name in lxdapi.owned_instances(client, self.identity):
             found.append(Leftover(name, f"instance {name}"))
         for tracked in self.tracked.values():
-            if tracked.declared:
+            if tracked.declared and not tracked.kept:
                 continue
             try:
                 config = lxdapi.get_instance(client, tracked.instance)["config"]

@@ -1,0 +1,91 @@
+"""--lxd-reuse: a provisioned declared container and its baseline survive between runs, keyed by the
+declaration; `lxdsnap gc` removes kept ones; `lxdsnap publish` makes an image of a kept baseline."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from pytest_lxdsnap import lxdapi
+from pytest_lxdsnap.ownership import OWNER_KEY
+
+from .conftest import PYPROJECT, instance_names, lxc
+
+DECLARATION = PYPROJECT + """
+[tool.lxdsnap.containers.web]
+image = "lxdsnap/busybox"
+provision = ["head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\\\n' > /root/build-id"]
+"""
+
+TESTS = """
+import pytest
+
+@pytest.mark.lxd("web")
+@pytest.mark.parametrize("i", range(2))
+def test_clean(lxd, i):
+    web = lxd["web"]
+    assert not web.exists("/root/dirty")
+    web.write_text("/root/dirty", "x")
+    print("BUILD", web.read_text("/root/build-id"))
+
+@pytest.mark.lxd("web", strategy="inplace")
+def test_in_place_too(lxd):
+    assert not lxd["web"].exists("/root/dirty")
+    lxd["web"].write_text("/root/dirty", "x")
+"""
+
+
+def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def kept(client) -> list[str]:
+    return sorted(n for n in instance_names(client) if n.startswith("lxdsnap-keep-web-") and n.count("-") == 3)
+
+
+def builds(result) -> set[str]:
+    return set(re.findall(r"BUILD ([0-9a-f]+)", result.stdout.str()))
+
+
+def test_reuse_keeps_the_build_until_the_declaration_changes(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=DECLARATION)
+    pytester.makepyfile(TESTS)
+    try:
+        first = pytester.runpytest("--lxd-reuse", "-s", "-p", "no:randomly")
+        first.assert_outcomes(passed=3)
+        (name,) = kept(lxd_client)
+        record = lxdapi.get_instance(lxd_client, name)
+        assert record["status"] == lxdapi.STOPPED and OWNER_KEY not in record["config"]
+
+        second = pytester.runpytest("--lxd-reuse", "-s", "-p", "no:randomly")
+        second.assert_outcomes(passed=3)
+        second.stdout.fnmatch_lines([f"NOTE reusing {name} for 'web' (its declaration is unchanged)"])
+        assert builds(first) == builds(second) and len(builds(first)) == 1  # provisioned once
+        assert kept(lxd_client) == [name]
+
+        pytester.makefile(".toml", pyproject=DECLARATION + 'config = { "user.changed" = "yes" }\n')
+        third = pytester.runpytest("--lxd-reuse", "-s", "-p", "no:randomly")
+        third.assert_outcomes(passed=3)
+        third.stdout.fnmatch_lines([f"NOTE deleted {name}: the declaration of 'web' changed since it was built"])
+        assert builds(third) != builds(first)
+        (rebuilt,) = kept(lxd_client)
+        assert rebuilt != name
+
+        published = lxdsnap("publish", "web", "--alias", "t-lxdsnap/web")
+        assert published.returncode == 0, published.stderr
+        assert "as t-lxdsnap/web" in published.stdout
+        again = lxdsnap("publish", "web", "--alias", "t-lxdsnap/web")
+        assert again.returncode == 1 and "image alias 't-lxdsnap/web' exists" in again.stderr
+
+        dry = lxdsnap("gc", "--dry-run")
+        assert f"would clean instance {rebuilt}: a declared container kept for reuse" in dry.stdout
+        assert kept(lxd_client) == [rebuilt]
+        done = lxdsnap("gc")
+        assert f"deleted kept instance {rebuilt}" in done.stdout
+        assert kept(lxd_client) == []
+    finally:
+        for leftover in kept(lxd_client):
+            lxc("delete", "--force", leftover)
+        subprocess.run(["lxc", "image", "delete", "t-lxdsnap/web"], capture_output=True, check=False)
