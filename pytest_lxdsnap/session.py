@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import pylxd
@@ -42,6 +43,7 @@ from .strategy import resolve
 BASELINE_LABEL = "base"
 DEFAULT_PREPARE_AHEAD = 3
 BACKGROUND_WORKERS = 8
+PROGRESS_TICK = 0.5
 DEFAULT_LEASE_WAIT = 60.0
 _FINGERPRINT = re.compile(r"^[0-9a-f]{12,64}$")
 # Image servers a `remote:alias` image may name (the lxc client's default remotes).
@@ -140,6 +142,8 @@ class LxdSession:
         self.on_ready = on_ready  # (name, instance): a fresh container passed its readiness check
         self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
         self.reuse = reuse  # keep provisioned declared containers between runs
+        self.on_progress: Callable[[str, str], None] | None = None  # (name, stage) while a test waits
+        self.stages: dict[str, str] = {}  # what each background launch is doing now
         self.tracked: dict[str, Tracked] = {}
         self.problems: list[str] = []
         self.notices: list[str] = []
@@ -209,8 +213,9 @@ class LxdSession:
                 self._launches[name] = self._executor.submit(self._launch, self.specs[name])
         self._start_heartbeat()
 
-    def _sweep_dead_sessions(self) -> None:
-        """Delete the instances (clones, declared containers) of sessions that died without cleaning up."""
+    def _sweep_dead_sessions(self, also_held: list[str] | None = None) -> None:
+        """Delete the instances (clones, declared containers) and leases of sessions that died without
+        cleaning up; with ``also_held``, restore those existing instances if a dead session holds them."""
         try:
             found = recovery.find_garbage(self.client)
         except (*LXD_FAULTS, LxdSnapError) as exc:
@@ -218,7 +223,8 @@ class LxdSession:
             return
         for garbage in found:
             ours = garbage.what.startswith("instance ") and "created by session" in garbage.why
-            if not (ours or garbage.what.startswith("profile ")):
+            held = garbage.what.startswith("instance ") and garbage.what.split()[1] in (also_held or [])
+            if not (ours or held or garbage.what.startswith("profile ")):
                 continue
             try:
                 self.notices.extend(f"{line} ({garbage.why})" for line in garbage.clean())
@@ -294,7 +300,7 @@ class LxdSession:
             raise type(failed)(str(failed))
         try:
             if name in self._launches:
-                tracked = self._launches.pop(name).result()
+                tracked = self._wait_for_launch(name, self._launches.pop(name))
             elif name in self.specs:
                 tracked = self._launch(self.specs[name])
             else:
@@ -322,6 +328,22 @@ class LxdSession:
             pool = self.specs[name].pool if name in self.specs else None
         return (f"\nThe storage pool {pool or '(unknown)'!r} is full: free space in it (`lxc storage info {pool}`), "
                 "or move the container to a bigger pool. Nothing was changed.")
+
+    def _wait_for_launch(self, name: str, future: Future[Tracked]) -> Tracked:
+        """The background launch's result; reports its stages while a test waits longer than a second."""
+        start, shown = time.monotonic(), ""
+        while True:
+            try:
+                tracked = future.result(timeout=PROGRESS_TICK)
+            except FutureTimeout:
+                stage = self.stages.get(name, "")
+                if self.on_progress and stage != shown and time.monotonic() - start >= 1.0:
+                    self.on_progress(name, f"{stage} ({time.monotonic() - start:.0f} s)")
+                    shown = stage
+                continue
+            if shown and self.on_progress:
+                self.on_progress(name, f"ready after {time.monotonic() - start:.1f} s")
+            return tracked
 
     def _checkout(self, tracked: Tracked, strategy: str, scope_key: str) -> Checkout:
         if tracked.broken:
@@ -481,13 +503,16 @@ class LxdSession:
             "config": {**spec.config, **tags},
             "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
         }
+        self.stages[spec.name] = f"creating from image {spec.image}"
         try:
             lxdapi.wait(client, client.api.instances.post(json=body))
         except LXD_FAULTS as exc:
             raise LxdSnapError(f"launching declared container {spec.name!r} from image {spec.image!r} failed: "
                                f"{describe(exc)}") from None
+        self.stages[spec.name] = "starting"
         lxdapi.set_power(client, instance, "start")
-        for command in spec.provision:
+        for number, command in enumerate(spec.provision, 1):
+            self.stages[spec.name] = f"provisioning {number}/{len(spec.provision)}: {command[:60]}"
             result = exec_command(client, instance, command, keep_logs=True)
             if result.exit_code != 0:
                 raise ProvisionError(
@@ -497,8 +522,10 @@ class LxdSession:
                 )
         if self.on_provision is not None:
             self.on_provision(spec, instance)
+        self.stages[spec.name] = "waiting until ready"
         self._check_ready(spec.name, instance)
         ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
+        self.stages[spec.name] = "taking the baseline snapshot"
         start = time.perf_counter()
         take_baseline()
         return time.perf_counter() - start
@@ -679,6 +706,8 @@ class LxdSession:
         try:
             self._sweep()
             recovery.close_lease(self.client, self.identity)
+            if self._planned:  # a peer that died meanwhile (a crashed xdist worker) left its instances too
+                self._sweep_dead_sessions(also_held=[t.instance for t in self.tracked.values() if not t.declared])
             return self.leftovers()
         except (*LXD_FAULTS, LxdSnapError) as exc:
             self.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "

@@ -214,3 +214,48 @@ def test_xdist_workers_each_get_a_clean_state(pytester, lxd_client, make_instanc
     assert snapshot_names(lxd_client, name) == ["user-snap"]
     assert user_config(lxd_client, name) == found
     assert lxc("exec", name, "--", "ls", "/root") == ""
+
+
+def test_a_slow_launch_shows_its_progress_unless_quiet(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=WEB + 'provision = ["sleep 3", "true"]\n')
+    pytester.makepyfile(test_it=USES_WEB)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["lxdsnap: web: provisioning 1/2: sleep 3 (* s)", "lxdsnap: web: ready after * s"])
+    quiet = pytester.runpytest("-q")
+    quiet.assert_outcomes(passed=1)
+    assert "lxdsnap: web:" not in quiet.stdout.str()
+
+
+def test_a_crashed_xdist_worker_leaves_nothing_behind(pytester, lxd_client, make_instance):
+    name = make_instance()
+    found = user_config(lxd_client, name)
+    before = instance_names(lxd_client)
+    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makepyfile(f"""
+        import os
+        import time
+
+        import pytest
+
+        @pytest.mark.lxd("{name}", "web")
+        def test_crashes_its_worker(lxd):
+            for c in lxd.values():
+                c.write_text("/root/dirty", "x")
+            os._exit(1)
+
+        @pytest.mark.lxd("{name}", "web")
+        @pytest.mark.parametrize("i", range(6))
+        def test_others(lxd, i):
+            time.sleep(0.3)
+            for c in lxd.values():
+                assert not c.exists("/root/dirty")
+    """)
+    result = pytester.runpytest("-n", "2", "-p", "xdist")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*test_crashes_its_worker*"])
+    assert "crashed" in result.stdout.str()
+    assert instance_names(lxd_client) == before
+    assert snapshot_names(lxd_client, name) == []
+    assert user_config(lxd_client, name) == found
+    assert lxc("exec", name, "--", "ls", "/root") == ""
