@@ -98,6 +98,8 @@ def _process_start(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            return None  # exited, not yet reaped by its parent (a crashed xdist worker, say)
         with open("/proc/stat", encoding="ascii") as fh:
             boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
     except (OSError, StopIteration, IndexError, ValueError):
