@@ -107,6 +107,8 @@ def operation_id(response: Any) -> str:
     return response.json()["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
+BUSY_MESSAGES = ("is busy running", "matching non-reusable operation")
+"""How LXD says another operation holds the instance right now (its operation lock)."""
 BUSY_WAIT = 30.0
 """Seconds to wait out an operation another client (say, a session that just died) still runs."""
 
@@ -119,7 +121,7 @@ def when_idle(call: Callable[[], Any], busy_wait: float = BUSY_WAIT) -> Any:
             return call()
         except (LXDAPIException, OperationFailed) as exc:
             text = api_error(exc) if isinstance(exc, LXDAPIException) else str(exc)
-            if "is busy running" not in text or time.monotonic() > deadline:
+            if not any(m in text for m in BUSY_MESSAGES) or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
 
@@ -164,7 +166,7 @@ def set_config_key(client: pylxd.Client, name: str, key: str, value: str | None)
     body = {k: record[k] for k in ("architecture", "description", "devices", "ephemeral", "profiles", "stateful")}
     body["config"] = config
     # If-Match: refuse to overwrite a change made by someone else since we read the record.
-    wait(client, node.put(json=body, headers={"If-Match": response.headers.get("ETag", "")}))
+    when_idle(lambda: wait(client, node.put(json=body, headers={"If-Match": response.headers.get("ETag", "")})))
 
 
 def list_snapshots(client: pylxd.Client, instance: str) -> list[dict[str, Any]]:
@@ -183,7 +185,7 @@ def create_owned_snapshot(
     if not identity.owns(get_instance(client, instance)["config"]):
         raise OwnershipError(f"instance {instance!r} does not carry this session's {OWNER_KEY} tag")
     body = {"name": snapshot, "stateful": False, "expires_at": expiry(ttl)}
-    wait(client, client.api.instances[instance].snapshots.post(json=body))
+    when_idle(lambda: wait(client, client.api.instances[instance].snapshots.post(json=body)))
 
 
 def expiry(ttl: float) -> str:
@@ -192,7 +194,8 @@ def expiry(ttl: float) -> str:
 
 def extend_snapshot_expiry(client: pylxd.Client, instance: str, snapshot: str, ttl: float) -> None:
     """Move a snapshot's expiry to ``ttl`` seconds from now (a long session keeps its baseline)."""
-    wait(client, client.api.instances[instance].snapshots[snapshot].put(json={"expires_at": expiry(ttl)}))
+    when_idle(lambda: wait(client, client.api.instances[instance].snapshots[snapshot].put(
+        json={"expires_at": expiry(ttl)})))
 
 
 def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *, timeout: float = 120) -> None:
@@ -219,7 +222,7 @@ def delete_owned_snapshot(client: pylxd.Client, instance: str, snapshot: str, id
         raise OwnershipError(
             f"refusing to delete snapshot {instance}/{snapshot}: it does not carry this session's {OWNER_KEY} tag"
         )
-    wait(client, client.api.instances[instance].snapshots[snapshot].delete())
+    when_idle(lambda: wait(client, client.api.instances[instance].snapshots[snapshot].delete()))
 
 
 def owned_snapshots(client: pylxd.Client, instance: str, identity: SessionIdentity) -> list[str]:

@@ -42,7 +42,8 @@ def expose(client: pylxd.Client, instance: str, name: str, port: int, host_port:
     devices = {**record["devices"], device: {"type": "proxy", "listen": f"tcp:{HOST}:{chosen}",
                                              "connect": f"tcp:127.0.0.1:{port}", "bind": "host"}}
     try:
-        lxdapi.wait(client, node.patch(json={"devices": devices}, headers={"If-Match": response.headers["ETag"]}))
+        lxdapi.when_idle(lambda: lxdapi.wait(client, node.patch(json={"devices": devices},
+                                                                 headers={"If-Match": response.headers["ETag"]})))
     except (LXDAPIException, lxdapi.OperationFailed) as exc:
         text = lxdapi.describe(exc)
         hint = (f"host port {chosen} is already taken on {HOST}; pick another or free it"
@@ -62,7 +63,8 @@ def remove_all(client: pylxd.Client, instance: str) -> None:
         kept = {name: d for name, d in devices.items() if not name.startswith(DEVICE_PREFIX)}
         record = response.json()["metadata"]
         body = {k: record[k] for k in ("architecture", "config", "description", "ephemeral", "profiles", "stateful")}
-        lxdapi.wait(client, node.put(json={**body, "devices": kept}, headers={"If-Match": response.headers["ETag"]}))
+        lxdapi.when_idle(lambda: lxdapi.wait(client, node.put(json={**body, "devices": kept},
+                                                               headers={"If-Match": response.headers["ETag"]})))
 
 
 def console_log(client: pylxd.Client, instance: str) -> bytes:

@@ -53,7 +53,8 @@ def _put_config(client: pylxd.Client, name: str, record: dict, etag: str, change
     body = {k: record[k] for k in ("architecture", "description", "devices", "ephemeral", "profiles", "stateful")}
     body["config"] = config
     try:
-        lxdapi.wait(client, client.api.instances[name].put(json=body, headers={"If-Match": etag}))
+        lxdapi.when_idle(lambda: lxdapi.wait(client, client.api.instances[name].put(json=body,
+                                                                                   headers={"If-Match": etag})))
     except LXDAPIException as exc:
         if exc.response.status_code == PRECONDITION_FAILED:
             return False

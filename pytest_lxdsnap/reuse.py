@@ -77,7 +77,7 @@ def delete_kept(client: pylxd.Client, name: str) -> None:
 def take_baseline(client: pylxd.Client, name: str, ttl: float) -> None:
     """Snapshot a kept container's baseline (no session tag in it: any later session may use it)."""
     body = {"name": REUSE_SNAPSHOT, "stateful": False, "expires_at": lxdapi.expiry(ttl)}
-    lxdapi.wait(client, client.api.instances[name].snapshots.post(json=body))
+    lxdapi.when_idle(lambda: lxdapi.wait(client, client.api.instances[name].snapshots.post(json=body)))
 
 
 def publish(endpoint: Endpoint, name: str, alias: str | None = None) -> tuple[str, str]:
