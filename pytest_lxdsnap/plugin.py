@@ -130,6 +130,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait,
                                       reuse)
     config.pluginmanager.register(InterruptGuard(config), "lxdsnap-interrupt-guard")
+    if config.get_verbosity() >= 1:
+        config.pluginmanager.register(report.VerboseResets(config), "lxdsnap-verbose-resets")
 
 
 @dataclass(frozen=True)
@@ -369,8 +371,9 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
         error = str(exc)
     else:
         after_reset()
-    request.config.stash.setdefault(report.DURATIONS, []).append(
-        (waited + time.perf_counter() - started, request.node.nodeid, ", ".join(r.name for r in requests)))
+    seconds, names = waited + time.perf_counter() - started, ", ".join(r.name for r in requests)
+    request.config.stash.setdefault(report.DURATIONS, []).append((seconds, request.node.nodeid, names))
+    request.node.user_properties.append((report.PROPERTY, (round(seconds, 3), names)))
     if error:
         pytest.fail(error, pytrace=False)
 

@@ -16,6 +16,7 @@ LINES: pytest.StashKey[list[Line]] = pytest.StashKey()
 DURATIONS: pytest.StashKey[list[tuple[float, str, str]]] = pytest.StashKey()
 FAILED: pytest.StashKey[bool] = pytest.StashKey()
 WORKER_KEY = "lxdsnap"
+PROPERTY = "lxdsnap_reset"  # user property: (seconds waiting for clean containers, container names)
 
 
 def container_line(t: Tracked, leftovers: int) -> str:
@@ -73,3 +74,20 @@ def write(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> N
         terminalreporter.write_sep("-", f"slowest {slowest} lxd resets (time the test waited for clean containers)")
         for seconds, nodeid, names in sorted(durations, reverse=True)[:slowest]:
             terminalreporter.write_line(f"{seconds:.2f}s {names}: {nodeid}")
+
+
+class VerboseResets:
+    """With -v: each test's time waiting for clean containers, on a line under the test (also under xdist,
+    where the reports reach the controller with their user properties)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or report.when != "teardown":
+            return
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                seconds, names = value
+                reporter.write_line(f"    lxdsnap: {names}: {seconds:.2f} s waiting for clean containers")

@@ -259,3 +259,12 @@ def test_a_crashed_xdist_worker_leaves_nothing_behind(pytester, lxd_client, make
     assert snapshot_names(lxd_client, name) == []
     assert user_config(lxd_client, name) == found
     assert lxc("exec", name, "--", "ls", "/root") == ""
+
+
+def test_verbose_shows_each_tests_wait_for_clean_containers(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makepyfile(test_it=USES_WEB)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["test_it.py::test_it PASSED*", "    lxdsnap: web: * s waiting for clean containers"])
+    assert "waiting for clean containers" not in pytester.runpytest().stdout.str()
