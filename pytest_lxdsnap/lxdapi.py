@@ -151,22 +151,40 @@ def set_power(client: pylxd.Client, name: str, action: str, *, timeout: float = 
     when_idle(lambda: wait(client, client.api.instances[name].state.put(json=body), timeout))
 
 
+PRECONDITION_FAILED = 412
+_PUT_FIELDS = ("architecture", "config", "description", "devices", "ephemeral", "profiles", "stateful")
+
+
+def read_instance(client: pylxd.Client, name: str) -> tuple[dict[str, Any], str]:
+    """The instance's record and its ETag, for a later :func:`put_instance`."""
+    response = client.api.instances[name].get()
+    return response.json()["metadata"], response.headers.get("ETag", "")
+
+
+def put_instance(client: pylxd.Client, name: str, record: dict[str, Any], etag: str, **fields: Any) -> bool:
+    """Write ``record`` back with ``fields`` replaced, only if nobody changed it since it was read
+    (If-Match ``etag``); False when someone did."""
+    body = {**{k: record[k] for k in _PUT_FIELDS}, **fields}
+    try:
+        when_idle(lambda: wait(client, client.api.instances[name].put(json=body, headers={"If-Match": etag})))
+    except LXDAPIException as exc:
+        if exc.response.status_code == PRECONDITION_FAILED:
+            return False
+        raise
+    return True
+
+
+def update_config(client: pylxd.Client, name: str, record: dict[str, Any], etag: str,
+                  changes: dict[str, str | None]) -> bool:
+    """Set (value) or remove (None) config keys of the record read with ``etag``; False on a conflict."""
+    config = {k: v for k, v in {**record["config"], **changes}.items() if v is not None}
+    return put_instance(client, name, record, etag, config=config)
+
+
 def set_config_key(client: pylxd.Client, name: str, key: str, value: str | None) -> None:
     """Add, change (value) or remove (None) one config key, leaving every other key as it is."""
-    node = client.api.instances[name]
-    response = node.get()
-    record = response.json()["metadata"]
-    config = dict(record["config"])
-    if value is None:
-        if key not in config:
-            return
-        del config[key]
-    else:
-        config[key] = value
-    body = {k: record[k] for k in ("architecture", "description", "devices", "ephemeral", "profiles", "stateful")}
-    body["config"] = config
-    # If-Match: refuse to overwrite a change made by someone else since we read the record.
-    when_idle(lambda: wait(client, node.put(json=body, headers={"If-Match": response.headers.get("ETag", "")})))
+    while not update_config(client, name, *read_instance(client, name), {key: value}):
+        pass  # changed by someone else between our read and write: apply it to the new record
 
 
 def list_snapshots(client: pylxd.Client, instance: str) -> list[dict[str, Any]]:
@@ -241,7 +259,7 @@ def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIden
     if not identity.owns(record["config"], CREATED_KEY):
         raise OwnershipError(f"refusing to delete instance {name!r}: this session did not create it")
     purge_exec_logs(client, name)
-    _stop_and_delete(client, name, record["status"])
+    stop_and_delete(client, name, record["status"])
 
 
 def purge_exec_logs(client: pylxd.Client, name: str) -> None:
@@ -253,7 +271,8 @@ def purge_exec_logs(client: pylxd.Client, name: str) -> None:
             node.logs[log].delete()
 
 
-def _stop_and_delete(client: pylxd.Client, name: str, status: str) -> None:
+def stop_and_delete(client: pylxd.Client, name: str, status: str) -> None:
+    """Stop (unless ``status`` says it is stopped) and delete; callers check ownership first."""
     if status != STOPPED:
         set_power(client, name, "stop")
     when_idle(lambda: wait(client, client.api.instances[name].delete()))
@@ -265,7 +284,7 @@ def delete_kept_instance(client: pylxd.Client, name: str) -> None:
     if KEPT_KEY not in record["config"] or not name.startswith(INSTANCE_PREFIX):
         raise OwnershipError(f"refusing to delete instance {name!r}: it is not a kept lxdsnap state")
     purge_exec_logs(client, name)
-    _stop_and_delete(client, name, record["status"])
+    stop_and_delete(client, name, record["status"])
 
 
 def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:

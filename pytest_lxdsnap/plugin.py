@@ -32,6 +32,7 @@ SETTINGS: pytest.StashKey[Settings] = pytest.StashKey()
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
 NEXT_ITEM: pytest.StashKey[pytest.Item | None] = pytest.StashKey()
 REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()
+REQUESTS: pytest.StashKey[list[Request]] = pytest.StashKey()
 MARKER = "lxd"
 MARKER_OPTIONS = {
     "strategy": "how this test gets a clean state: " + ", ".join(STRATEGIES),
@@ -213,7 +214,10 @@ def marker_option(item: pytest.Item, option: str) -> str | None:
 
 
 def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Request]:
-    """What the item asks of each container: strategy and the key of the scope its state lives in."""
+    """What the item asks of each container: strategy and the key of the scope its state lives in
+    (worked out once per item: the plan, its own fixture and the previous test's teardown all ask)."""
+    if REQUESTS in item.stash:
+        return item.stash[REQUESTS]
     from .hookcalls import choose_strategy
     from .session import Request
 
@@ -230,6 +234,7 @@ def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Req
         elif where == "module":
             node = item.getparent(pytest.Module)
         found.append(Request(name, strategy, f"{where}:{(node or item).nodeid}"))
+    item.stash[REQUESTS] = found
     return found
 
 

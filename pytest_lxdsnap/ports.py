@@ -56,15 +56,12 @@ def expose(client: pylxd.Client, instance: str, name: str, port: int, host_port:
 def remove_all(client: pylxd.Client, instance: str) -> None:
     """Remove the proxy devices :func:`expose` added (none may reach a baseline snapshot: every clone of it
     would try to listen on the same host port)."""
-    node = client.api.instances[instance]
-    response = node.get()
-    devices = response.json()["metadata"]["devices"]
+    record, etag = lxdapi.read_instance(client, instance)
+    devices = record["devices"]
     if any(name.startswith(DEVICE_PREFIX) for name in devices):
         kept = {name: d for name, d in devices.items() if not name.startswith(DEVICE_PREFIX)}
-        record = response.json()["metadata"]
-        body = {k: record[k] for k in ("architecture", "config", "description", "ephemeral", "profiles", "stateful")}
-        lxdapi.when_idle(lambda: lxdapi.wait(client, node.put(json={**body, "devices": kept},
-                                                               headers={"If-Match": response.headers["ETag"]})))
+        if not lxdapi.put_instance(client, instance, record, etag, devices=kept):
+            remove_all(client, instance)  # changed meanwhile: read it again
 
 
 def console_log(client: pylxd.Client, instance: str) -> bytes:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import pylxd
-from pylxd.exceptions import LXDAPIException, NotFound
+from pylxd.exceptions import NotFound
 
 from . import lxdapi, reuse
 from .errors import OwnershipError
@@ -38,33 +38,9 @@ from .ownership import (
 )
 
 BASELINE_LABEL = "base"
-PRECONDITION_FAILED = 412
 SESSION_KEYS = (OWNER_KEY, POWER_KEY)
 
 
-def _put_config(client: pylxd.Client, name: str, record: dict, etag: str, changes: dict[str, str | None]) -> bool:
-    """Apply ``changes`` to the config read with ``etag``; False when someone changed it since."""
-    config = dict(record["config"])
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    body = {k: record[k] for k in ("architecture", "description", "devices", "ephemeral", "profiles", "stateful")}
-    body["config"] = config
-    try:
-        lxdapi.when_idle(lambda: lxdapi.wait(client, client.api.instances[name].put(json=body,
-                                                                                   headers={"If-Match": etag})))
-    except LXDAPIException as exc:
-        if exc.response.status_code == PRECONDITION_FAILED:
-            return False
-        raise
-    return True
-
-
-def _read(client: pylxd.Client, name: str) -> tuple[dict, str]:
-    response = client.api.instances[name].get()
-    return response.json()["metadata"], response.headers.get("ETag", "")
 
 
 def lease_value(seconds: float = LEASE_SECONDS) -> str:
@@ -120,13 +96,13 @@ def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: f
     """
     deadline = time.monotonic() + wait
     while True:
-        record, etag = _read(client, name)
+        record, etag = lxdapi.read_instance(client, name)
         config = record["config"]
         holder = parse_tag(config.get(OWNER_KEY))
         if holder is None or holder == identity:
             changes = {OWNER_KEY: identity.tag(),
                        POWER_KEY: config.get(POWER_KEY) if holder == identity else record["status"]}
-            if _put_config(client, name, record, etag, changes):
+            if lxdapi.update_config(client, name, record, etag, changes):
                 return record
             continue  # changed between our read and our write: look again
         dead, why = holder_is_dead(holder, lease_of(client, holder))
@@ -148,10 +124,10 @@ def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: f
 def release(client: pylxd.Client, name: str, identity: SessionIdentity) -> None:
     """Remove this session's keys from ``name`` (no-op when another session holds it)."""
     while True:
-        record, etag = _read(client, name)
+        record, etag = lxdapi.read_instance(client, name)
         if not identity.owns(record["config"]):
             return
-        if _put_config(client, name, record, etag, dict.fromkeys(SESSION_KEYS)):
+        if lxdapi.update_config(client, name, record, etag, dict.fromkeys(SESSION_KEYS)):
             return
 
 
@@ -162,10 +138,10 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
     ``identity`` (the recovering session) claims it first, so two sessions never recover it at once.
     """
     done = []
-    record, etag = _read(client, name)
+    record, etag = lxdapi.read_instance(client, name)
     if parse_tag(record["config"].get(OWNER_KEY)) != holder:
         return done  # someone else recovered or claimed it meanwhile
-    if identity is not None and not _put_config(client, name, record, etag, {OWNER_KEY: identity.tag()}):
+    if identity is not None and not lxdapi.update_config(client, name, record, etag, {OWNER_KEY: identity.tag()}):
         return done
     baseline = holder.snapshot_name(BASELINE_LABEL)
     power = record["config"].get(POWER_KEY)
@@ -182,16 +158,16 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity,
         except (NotFound, OwnershipError):
             continue  # another session recovering at the same moment got there first
         done.append(f"deleted snapshot {name}/{snapshot}")
-    record, etag = _read(client, name)
+    record, etag = lxdapi.read_instance(client, name)
     if power in (lxdapi.RUNNING, lxdapi.STOPPED) and record["status"] != power:
         lxdapi.set_power(client, name, "start" if power == lxdapi.RUNNING else "stop")
         done.append(f"{'started' if power == lxdapi.RUNNING else 'stopped'} {name} as it was found")
-        record, etag = _read(client, name)
+        record, etag = lxdapi.read_instance(client, name)
     keep_mine = identity is not None
     changes: dict[str, str | None] = dict.fromkeys(SESSION_KEYS)
     if keep_mine:
         changes = {OWNER_KEY: identity.tag(), POWER_KEY: power}  # type: ignore[union-attr]
-    _put_config(client, name, record, etag, changes)
+    lxdapi.update_config(client, name, record, etag, changes)
     if not keep_mine:
         done.append(f"removed the lxdsnap keys from {name}")
     return done
@@ -201,9 +177,9 @@ def mark_kept(client: pylxd.Client, name: str, until: float) -> None:
     """Turn one of this session's instances into a kept state: no session owns it, gc deletes it after
     ``until``."""
     while True:
-        record, etag = _read(client, name)
+        record, etag = lxdapi.read_instance(client, name)
         changes: dict[str, str | None] = {KEPT_KEY: f"{until:.0f}", CREATED_KEY: None, **dict.fromkeys(SESSION_KEYS)}
-        if _put_config(client, name, record, etag, changes):
+        if lxdapi.update_config(client, name, record, etag, changes):
             return
 
 

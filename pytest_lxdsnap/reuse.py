@@ -69,9 +69,7 @@ def delete_kept(client: pylxd.Client, name: str) -> None:
     if not is_kept(record):
         raise OwnershipError(f"refusing to delete instance {name!r}: it is not a kept lxdsnap container")
     lxdapi.purge_exec_logs(client, name)
-    if record["status"] != lxdapi.STOPPED:
-        lxdapi.set_power(client, name, "stop")
-    lxdapi.when_idle(lambda: lxdapi.wait(client, client.api.instances[name].delete()))
+    lxdapi.stop_and_delete(client, name, record["status"])
 
 
 def take_baseline(client: pylxd.Client, name: str, ttl: float) -> None:

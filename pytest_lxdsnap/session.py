@@ -371,7 +371,7 @@ class LxdSession:
             tracked.base_stopping = None
         if tracked.running and not tracked.base_running:
             lxdapi.set_power(self.client, tracked.instance, "start")
-            self._ready(tracked, tracked.instance)
+            self._check_ready(tracked.name, tracked.instance)
         tracked.base_running = tracked.running
 
     def _start_clones(self, tracked: Tracked) -> None:
@@ -379,7 +379,7 @@ class LxdSession:
         tracked.clones = ClonePool(
             self.client, self._executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
             profiles=spec.profiles, identity=self.identity, ahead=self.prepare_ahead,
-            planned=self._planned_clone_uses(tracked), ready=lambda instance: self._ready(tracked, instance),
+            planned=self._planned_clone_uses(tracked), ready=lambda instance: self._check_ready(tracked.name, instance),
         )
         tracked.clones.top_up()
         only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self._planned.get(tracked.name, []))
@@ -387,9 +387,6 @@ class LxdSession:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
             tracked.base_running = False
             tracked.base_stopping = self._executor.submit(lxdapi.set_power, self.client, tracked.instance, "stop")
-
-    def _ready(self, tracked: Tracked, instance: str) -> None:
-        self._check_ready(tracked.name, instance)
 
     def _check_ready(self, name: str, instance: str) -> None:
         spec = self.specs.get(name)
@@ -591,7 +588,7 @@ class LxdSession:
                 lxdapi.set_power(client, instance, "start")
             tracked.base_running = tracked.running
             if tracked.running:
-                self._ready(tracked, instance)
+                self._check_ready(tracked.name, instance)
             if tracked.expires - time.time() < self.snapshot_ttl / 2:
                 lxdapi.extend_snapshot_expiry(client, instance, snapshot, self.snapshot_ttl)
                 tracked.expires = self._expiry()
