@@ -273,12 +273,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None and session.config.get_verbosity() >= 0:
-
-        def show_progress(name: str, stage: str) -> None:
-            with capture.global_and_fixture_disabled():  # it runs inside a test's setup
-                reporter.write_line(f"lxdsnap: {name}: {stage}")
-
-        lxd.on_progress = show_progress
+        lxd.on_progress = report.LaunchProgress(reporter, capture)
     try:
         lxd.connect()
         requests = [r for item in session.items for r in requests_for(item, settings.specs)]

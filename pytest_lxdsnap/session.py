@@ -142,7 +142,8 @@ class LxdSession:
         self.on_ready = on_ready  # (name, instance): a fresh container passed its readiness check
         self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
         self.reuse = reuse  # keep provisioned declared containers between runs
-        self.on_progress: Callable[[str, str], None] | None = None  # (name, stage) while a test waits
+        # (name, stage or None once ready, seconds waited) on every tick while a test waits for a launch
+        self.on_progress: Callable[[str, str | None, float], None] | None = None
         self.stages: dict[str, str] = {}  # what each background launch is doing now
         self.tracked: dict[str, Tracked] = {}
         self.problems: list[str] = []
@@ -330,19 +331,19 @@ class LxdSession:
                 "or move the container to a bigger pool. Nothing was changed.")
 
     def _wait_for_launch(self, name: str, future: Future[Tracked]) -> Tracked:
-        """The background launch's result; reports its stages while a test waits longer than a second."""
-        start, shown = time.monotonic(), ""
+        """The background launch's result; reports its stage on every tick once a test waited a second."""
+        start, shown = time.monotonic(), False
         while True:
             try:
                 tracked = future.result(timeout=PROGRESS_TICK)
             except FutureTimeout:
-                stage = self.stages.get(name, "")
-                if self.on_progress and stage != shown and time.monotonic() - start >= 1.0:
-                    self.on_progress(name, f"{stage} ({time.monotonic() - start:.0f} s)")
-                    shown = stage
+                waited = time.monotonic() - start
+                if self.on_progress and waited >= 1.0:
+                    self.on_progress(name, self.stages.get(name, ""), waited)
+                    shown = True
                 continue
             if shown and self.on_progress:
-                self.on_progress(name, f"ready after {time.monotonic() - start:.1f} s")
+                self.on_progress(name, None, time.monotonic() - start)
             return tracked
 
     def _checkout(self, tracked: Tracked, strategy: str, scope_key: str) -> Checkout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
@@ -85,6 +86,35 @@ def user_config(client: pylxd.Client, instance: str) -> dict[str, object]:
     record = lxdapi.get_instance(client, instance)
     config = {k: v for k, v in record["config"].items() if not k.startswith("volatile.")}
     return {"config": config, "devices": record["devices"], "profiles": record["profiles"]}
+
+
+def summary(output: object) -> dict[str, dict[str, str]]:
+    """The lxdsnap summary table in pytest's output (text or a pytester result), by container name
+    ("gw0/web" under pytest-xdist): each row's cells by column header."""
+    text = output if isinstance(output, str) else output.stdout.str()  # type: ignore[attr-defined]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip("- ") == "lxdsnap" and line.startswith("-"))
+    header = lines[start + 1]
+    names = header.split()
+    offsets = [header.index(f"{name}") if i == 0 else header.index(f"  {name}") + 2 for i, name in enumerate(names)]
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines[start + 2:]:
+        if not line.strip() or line.startswith(("=", "-", "LEFTOVER", "PROBLEM", "NOTE", "KEPT", "[")):
+            break
+        cells = [line[a:b].strip() for a, b in zip(offsets, [*offsets[1:], None], strict=True)]
+        row = dict(zip(names, cells, strict=True))
+        rows[f"{row['worker']}/{row['container']}" if "worker" in row else row["container"]] = row
+    return rows
+
+
+def assert_summary(output: object, container: str, **cells: str) -> None:
+    """The summary has a row for the container whose cells match these (fnmatch patterns)."""
+    rows = summary(output)
+    assert container in rows, f"no summary row for {container!r} in {sorted(rows)}"
+    row = rows[container]
+    wrong = {column: row.get(column) for column, pattern in cells.items()
+             if not fnmatch.fnmatchcase(row.get(column, ""), pattern)}
+    assert not wrong, f"summary row {row} does not match {cells}"
 
 
 def plugin_leftovers(client: pylxd.Client) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import PYPROJECT, instance_names
+from .conftest import PYPROJECT, assert_summary, instance_names
 
 DECLARED = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -56,10 +56,8 @@ def test_declared_container_lifecycle(pytester, lxd_client):
     """)
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines([
-        "web (declared, instance lxdsnap-web-*): 4 resets*leftovers 0",
-        "db (declared, instance lxdsnap-db-*): 2 resets*leftovers 0",
-    ])
+    assert_summary(result, "web", kind="declared", instance="lxdsnap-web-*", resets="4", leftovers="0")
+    assert_summary(result, "db", kind="declared", instance="lxdsnap-db-*", resets="2", leftovers="0")
     assert instance_names(lxd_client) == before
 
 

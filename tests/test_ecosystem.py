@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import PYPROJECT, instance_names, lxc, snapshot_names, user_config
+from .conftest import PYPROJECT, assert_summary, instance_names, lxc, snapshot_names, user_config
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -60,7 +66,7 @@ def test_hooks_provision_ready_strategy_and_reset_order(pytester, lxd_client):
     """)
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["web (declared, *): 3 resets (clone 2, inplace 1)*leftovers 0"])
+    assert_summary(result, "web", kind="declared", resets="3", strategies="clone 2, inplace 1", leftovers="0")
     lines = log.read_text().splitlines()
     assert lines[:2] == ["provision web", "ready web"]  # before the baseline snapshot
     resets = [line for line in lines if line.startswith(("before", "after"))]
@@ -158,7 +164,7 @@ ready = { wait_strategy = "waits:http_ready", timeout = 30 }
     """)
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["web (declared, *): * resets*leftovers 0"])
+    assert_summary(result, "web", kind="declared", leftovers="0")
 
 
 def test_a_wait_strategy_that_times_out_names_the_container(pytester, lxd_client):
@@ -225,6 +231,40 @@ def test_a_slow_launch_shows_its_progress_unless_quiet(pytester, lxd_client):
     quiet = pytester.runpytest("-q")
     quiet.assert_outcomes(passed=1)
     assert "lxdsnap: web:" not in quiet.stdout.str()
+
+
+def test_on_a_terminal_a_slow_launch_is_one_line_rewritten_in_place(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=WEB + 'provision = ["sleep 2", "sleep 2"]\n')
+    pytester.makepyfile(test_it=USES_WEB)
+    output = run_on_a_terminal([sys.executable, "-m", "pytest"], cwd=pytester.path)
+    assert "1 passed" in output, output
+    start, end = output.index("lxdsnap: web:"), output.index("lxdsnap: web: ready after")
+    updates = re.findall(r"lxdsnap: web: ([^\r\n]*?) *(?=\r|\n)", output)
+    assert "\n" not in output[start:end], f"the progress took more than one line:\n{output[start:end]!r}"
+    assert len(updates) >= 4, updates  # the seconds tick on the same line
+    assert any(u.startswith("provisioning 1/2: sleep 2") for u in updates), updates
+    assert any(u.startswith("provisioning 2/2: sleep 2") for u in updates), updates
+    assert output[end:].split("\n", 1)[0].startswith("lxdsnap: web: ready after")
+
+
+def run_on_a_terminal(argv: list[str], cwd: Path) -> str:
+    """Run a command with a pseudo-terminal as its stdout and stderr, as a user's shell would; its output."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+                            env={**os.environ, "COLUMNS": "160"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    proc.wait(timeout=120)
+    return re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode(errors="replace"))
 
 
 def test_a_crashed_xdist_worker_leaves_nothing_behind(pytester, lxd_client, make_instance):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from .conftest import lxc_exec_status, snapshot_names, user_config
+from .conftest import assert_summary, lxc_exec_status, snapshot_names, user_config
 
 
 def test_ctrl_c_mid_test_still_resets(suite, make_instance, lxd_client):
@@ -40,7 +40,7 @@ def test_ctrl_c_mid_test_still_resets(suite, make_instance, lxd_client):
         proc.kill()
     assert proc.returncode == 2, output
     assert "KeyboardInterrupt" in output
-    assert f"{name} (existing, instance {name}): 1 resets" in output and "leftovers 0" in output
+    assert_summary(output, name, kind="existing", instance=name, resets="1", leftovers="0")
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
     assert snapshot_names(lxd_client, name) == ["user-snap"]
     assert user_config(lxd_client, name) == before

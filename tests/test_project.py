@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from .conftest import PYPROJECT, lxc
+from .conftest import PYPROJECT, assert_summary, lxc
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_declared_container_in_a_project(pytester, project):
     """)
     result = pytester.runpytest("--lxd-project", project)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["web (declared, *): 2 resets*leftovers 0"])
+    assert_summary(result, "web", kind="declared", resets="2", leftovers="0")
     assert lxc("list", "--project", project, "--format", "csv", "-c", "n").split() == []
 
 

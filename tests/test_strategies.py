@@ -9,7 +9,7 @@ import pytest
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import PYPROJECT, instance_names, lxc, snapshot_names, user_config
+from .conftest import PYPROJECT, assert_summary, instance_names, lxc, snapshot_names, user_config
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -54,7 +54,7 @@ def test_every_strategy_gives_each_test_a_clean_state(pytester, lxd_client, mark
     pytester.makepyfile(DIRTY_TESTS.format(marker=marker))
     result = pytester.runpytest("-s", *([option] if option else []))
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines([f"web (declared, instance lxdsnap-web-*): 4 resets ({expected}), *leftovers 0"])
+    assert_summary(result, "web", instance="lxdsnap-web-*", resets="4", strategies=expected, leftovers="0")
     seen = next(line for line in result.outlines if line.startswith("SEEN")).split()[1:]
     if expected.startswith("clone"):
         assert len(set(seen)) == 4 and all(s.rsplit("-", 1)[1].isdigit() for s in seen)  # a fresh clone each
@@ -82,7 +82,7 @@ def test_readonly_skips_resets_but_the_session_still_leaves_the_container_as_fou
     """)
     result = suite.runpytest()
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([f"{name} (existing, *): 1 resets (readonly 2)*leftovers 0"])  # the final restore
+    assert_summary(result, name, kind="existing", resets="1", strategies="readonly 2", leftovers="0")  # final restore
     assert lxc("exec", name, "--", "ls", "/root").split() == []
     assert snapshot_names(lxd_client, name) == ["mine"]
     assert user_config(lxd_client, name) == found
@@ -136,7 +136,7 @@ def test_class_scope_shares_one_state_per_class(pytester, lxd_client, strategy):
     pytester.makepyfile(SCOPED.format(strategy=strategy))
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines([f"web (declared, *): 3 resets ({strategy} 3), *leftovers 0"])
+    assert_summary(result, "web", resets="3", strategies=f"{strategy} 3", leftovers="0")
 
 
 def test_module_scope_from_the_declaration(pytester, lxd_client):
@@ -158,7 +158,7 @@ def test_module_scope_from_the_declaration(pytester, lxd_client):
     """)
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["web (declared, *): 2 resets (inplace 2), *leftovers 0"])
+    assert_summary(result, "web", resets="2", strategies="inplace 2", leftovers="0")
 
 
 READY = PYPROJECT + """
@@ -187,7 +187,7 @@ def test_readiness_check_runs_before_every_test_sees_a_fresh_container(pytester,
     """)
     result = pytester.runpytest()
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([f"web (declared, *): 3 resets ({strategy} 3)*leftovers 0"])
+    assert_summary(result, "web", resets="3", strategies=f"{strategy} 3", leftovers="0")
 
 
 def test_readiness_timeout_names_the_container_and_leaves_nothing(pytester, lxd_client):
@@ -223,8 +223,8 @@ def test_auto_resets_in_place_on_a_dir_pool_and_says_why(pytester, lxd_client, d
     pytester.makepyfile(DIRTY_TESTS.format(marker='@pytest.mark.lxd("web")'))
     result = pytester.runpytest()
     result.assert_outcomes(passed=5)
+    assert_summary(result, "web", resets="4", strategies="inplace 4", leftovers="0")
     result.stdout.fnmatch_lines([
-        "web (declared, *): 4 resets (inplace 4), *leftovers 0",
         f"NOTE pool '{dir_pool}' uses the dir driver: every snapshot and clone copies the whole rootfs (the "
         "baseline of 'web' took * s)*`lxc storage create fast btrfs size=8GiB`*",
     ])
@@ -244,7 +244,7 @@ def test_unused_prepared_clones_are_deleted_when_the_run_stops_early(pytester, l
     """)
     result = pytester.runpytest("-x")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["web (declared, *): 1 resets (clone 1)*leftovers 0"])
+    assert_summary(result, "web", resets="1", strategies="clone 1", leftovers="0")
     assert instance_names(lxd_client) == before
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import lxc, lxc_exec_status, snapshot_names, user_config
+from .conftest import assert_summary, lxc, lxc_exec_status, snapshot_names, user_config
 
 
 def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_client):
@@ -27,8 +27,8 @@ def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_clie
     """)
     result = suite.runpytest("-v")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(
-        [f"{name} (existing, instance {name}): 3 resets (inplace 3), * resetting, median *, leftovers 0"])
+    assert_summary(result, name, kind="existing", instance=name, resets="3", strategies="inplace 3",
+                   resetting="*.* s", median="*.* s", leftovers="0")
     assert lxd_client.instances.get(name).status == "Running"
     assert lxc_exec_status(name, "test", "-e", "/root/this_file.txt") == 1
     assert lxc("exec", name, "--", "cat", "/etc/passwd") == passwd
@@ -118,8 +118,8 @@ def test_class_and_module_markers_combine(suite, make_instance, lxd_client):
     """)
     result = suite.runpytest("--strict-markers")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([f"{first} (existing, *): 3 resets*leftovers 0",
-                                 f"{second} (existing, *): 2 resets*leftovers 0"])
+    assert_summary(result, first, kind="existing", resets="3", leftovers="0")
+    assert_summary(result, second, kind="existing", resets="2", leftovers="0")
 
 
 @pytest.mark.parametrize("where", ["body", "assertion", "fixture setup", "fixture teardown"])
@@ -153,5 +153,5 @@ def test_a_failing_test_still_resets(suite, make_instance, lxd_client, where):
     outcome = {"fixture setup": {"errors": 1}, "fixture teardown": {"errors": 1, "passed": 1}}
     result.assert_outcomes(passed=1 + outcome.get(where, {}).get("passed", 0), failed=0 if "fixture" in where else 1,
                            errors=outcome.get(where, {}).get("errors", 0))
-    result.stdout.fnmatch_lines([f"{name} (existing, *): 2 resets*leftovers 0"])
+    assert_summary(result, name, kind="existing", resets="2", leftovers="0")
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
