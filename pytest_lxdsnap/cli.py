@@ -14,6 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lxdsnap", description="Prepare and check a host for pytest-lxdsnap")
     parser.add_argument("--endpoint", help="Unix socket path or https:// URL of LXD (default: the local socket)")
     parser.add_argument("--project", help="LXD project (default: LXD's default project)")
+    parser.add_argument("--cert", help="client certificate (PEM) for an https:// endpoint")
+    parser.add_argument("--key", help="private key of --cert")
+    parser.add_argument("--server-cert", help="pin the https:// endpoint's certificate (PEM)")
+    parser.add_argument("--insecure", action="store_true", help="do not verify the https:// endpoint (a warning)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_setup = sub.add_parser("setup", help="Install and start LXD, create a pool, import the test image")
     p_setup.add_argument("--pool-driver", choices=["auto", "btrfs", "dir"], default="auto",
@@ -33,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
     p_pub.add_argument("--alias", help="image alias (default: lxdsnap/<name>)")
     args = parser.parse_args(argv)
-    endpoint = Endpoint(url=args.endpoint, project=args.project)
+    endpoint = Endpoint(url=args.endpoint, project=args.project, cert=args.cert, key=args.key,
+                        server_cert=args.server_cert, insecure=args.insecure)
+    if args.insecure:
+        print(f"lxdsnap: WARNING TLS verification is off for {args.endpoint}", file=sys.stderr)
     try:
         if args.command == "setup":
             setup(endpoint, log=lambda line: print(f"lxdsnap setup: {line}", flush=True),

@@ -38,8 +38,10 @@ class ClonePool:
         ahead: int,
         planned: int,
         ready: Callable[[str], object] | None = None,
+        target: str | None = None,
     ) -> None:
         self._client = client
+        self.target = target  # the cluster member of the base (None: standalone or left to LXD)
         self._executor = executor
         self.container = container
         self.base = base
@@ -106,7 +108,7 @@ class ClonePool:
             "config": {CREATED_KEY: self.identity.tag(), OWNER_KEY: self.identity.tag()},
         }
         try:
-            lxdapi.wait(self._client, self._client.api.instances.post(json=body))
+            lxdapi.create_instance(self._client, body, target=self.target)  # beside the base: a CoW copy
         except lxdapi.LXD_FAULTS as exc:
             raise LxdSnapError(f"cloning container {self.container!r} from {self.base}/{self.snapshot} failed: "
                                f"{lxdapi.describe(exc)}") from None

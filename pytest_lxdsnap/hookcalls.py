@@ -36,13 +36,13 @@ def session_callbacks(config: pytest.Config, lxd: LxdSession) -> tuple[Callable[
     from .handle import Container
 
     def on_provision(spec: ContainerSpec, instance: str) -> None:
-        container = Container(lxd.client, spec.name, instance, disposable=True)
+        container = Container(lxd.own, spec.name, instance, disposable=True)
         _call("pytest_lxdsnap_provision", spec.name, instance,
               lambda: config.hook.pytest_lxdsnap_provision(container=container, spec=spec))
 
     def on_ready(name: str, instance: str) -> None:
         spec = lxd.specs.get(name)
-        container = Container(lxd.client, name, instance, disposable=spec is not None)
+        container = Container(lxd.client_for(name), name, instance, disposable=spec is not None)
         _call("pytest_lxdsnap_container_ready", name, instance,
               lambda: config.hook.pytest_lxdsnap_container_ready(container=container, spec=spec))
 
@@ -63,7 +63,8 @@ def around_reset(item: pytest.Item, lxd: LxdSession, checkouts: list[Checkout], 
 
     resetting = [c for c in checkouts if c.tracked.name not in keep]
     for c in resetting:
-        container = Container(lxd.client, c.tracked.name, c.instance, disposable=c.tracked.declared)
+        container = Container(lxd.client_for(c.tracked.name), c.tracked.name, c.instance,
+                              disposable=c.tracked.declared)
         item.ihook.pytest_lxdsnap_before_reset(item=item, container=container, strategy=c.strategy)
 
     def after() -> None:
@@ -77,7 +78,7 @@ def cleanup_keep(config: pytest.Config, lxd: LxdSession) -> set[str]:
     """Call pytest_lxdsnap_cleanup; the declared containers its implementations ask to keep."""
     from .handle import Container
 
-    containers = {t.name: Container(lxd.client, t.name, t.instance, disposable=t.declared)
+    containers = {t.name: Container(lxd.client_for(t.name), t.name, t.instance, disposable=t.declared)
                   for t in lxd.tracked.values()}
     keep: set[str] = set()
     for result in config.hook.pytest_lxdsnap_cleanup(config=config, containers=containers):

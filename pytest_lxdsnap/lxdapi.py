@@ -20,7 +20,7 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from .errors import OwnershipError
+from .errors import ConfigError, OwnershipError
 from .ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
@@ -124,6 +124,19 @@ def when_idle(call: Callable[[], Any], busy_wait: float = BUSY_WAIT) -> Any:
             if not any(m in text for m in BUSY_MESSAGES) or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+def create_instance(client: pylxd.Client, body: dict[str, Any], *, target: str | None = None) -> None:
+    """Create an instance (``POST /1.0/instances``), on cluster member ``target`` when given."""
+    try:
+        response = client.api.instances.post(json=body, target=target)
+    except LXDAPIException as exc:
+        if target and "only allowed when clustered" in api_error(exc):
+            raise ConfigError(f"instance {body['name']!r} was to go to cluster member {target!r}, but the server "
+                              f"refused: {api_error(exc)}. It is a standalone server: remove `target`, or point "
+                              "--lxd-endpoint at a member of the cluster") from None
+        raise
+    wait(client, response)
 
 
 def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import report
-from .connection import Endpoint
+from .connection import Endpoint, check_tls_files
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
 from .settings import DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
 from .strategy import SCOPES, STRATEGIES, check
@@ -46,6 +46,10 @@ DEFAULT_PREPARE_AHEAD = 3
 OPTIONS = [
     ("--lxd-endpoint", "lxd_endpoint", "Unix socket path or https:// URL of LXD (default: the local socket)"),
     ("--lxd-project", "lxd_project", "LXD project of the containers (default: LXD's default project)"),
+    ("--lxd-cert", "lxd_cert", "Client certificate (PEM) for an https:// endpoint (default: ~/.config/lxc/client.crt)"),
+    ("--lxd-key", "lxd_key", "Private key of --lxd-cert (default: ~/.config/lxc/client.key)"),
+    ("--lxd-server-cert", "lxd_server_cert",
+     "Pin the server's certificate (PEM) of an https:// endpoint (default: verify against the system's CAs)"),
     ("--lxd-snapshot-ttl", "lxd_snapshot_ttl",
      f"Seconds after which LXD deletes a plugin snapshot even if the run crashed (default {DEFAULT_SNAPSHOT_TTL:g})"),
     ("--lxd-timeout", "lxd_timeout", "Seconds to wait for one LXD API request (default 120)"),
@@ -59,6 +63,9 @@ OPTIONS = [
 ]
 
 
+INSECURE_HELP = "Do not verify the https:// endpoint's certificate (a warning says so; prefer --lxd-server-cert)"
+INSECURE_WARNING = ("TLS verification is off for {url} (--lxd-insecure): anyone on the path can pose as the "
+                    "server; pin its certificate with --lxd-server-cert instead")
 REUSE_HELP = ("Keep provisioned declared containers and their baselines between runs (rebuilt when the "
               "declaration changes; `lxdsnap gc` removes them)")
 KEEP_FAILED_HELP = ("When a test fails, keep its containers' state (a clone, copy or snapshot that expires) "
@@ -76,6 +83,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, help_text in OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
+    group.addoption("--lxd-insecure", dest="lxd_insecure", action="store_true", default=None, help=INSECURE_HELP)
+    parser.addini("lxd_insecure", INSECURE_HELP, type="bool", default=False)
     group.addoption("--lxd-reuse", dest="lxd_reuse", action="store_true", default=None, help=REUSE_HELP)
     parser.addini("lxd_reuse", REUSE_HELP, type="bool", default=False)
     group.addoption("--lxd-durations", dest="lxd_durations", type=int, default=0, metavar="N",
@@ -104,6 +113,13 @@ def _seconds(config: pytest.Config, name: str, default: float) -> float:
     return value
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    endpoint = config.stash[SETTINGS].endpoint if SETTINGS in config.stash else None
+    if endpoint is not None and endpoint.insecure:
+        return ["lxdsnap: WARNING " + INSECURE_WARNING.format(url=endpoint.url)]
+    return []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     pyproject = config.inipath if config.inipath and config.inipath.name == "pyproject.toml" else None
@@ -115,7 +131,15 @@ def pytest_configure(config: pytest.Config) -> None:
         url=_option(config, "lxd_endpoint") or None,
         project=_option(config, "lxd_project") or None,
         timeout=_seconds(config, "lxd_timeout", 120.0),
+        cert=_option(config, "lxd_cert") or None,
+        key=_option(config, "lxd_key") or None,
+        server_cert=_option(config, "lxd_server_cert") or None,
+        insecure=bool(config.getoption("lxd_insecure") or config.getini("lxd_insecure")),
     )
+    try:
+        check_tls_files(endpoint)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     ttl = _seconds(config, "lxd_snapshot_ttl", DEFAULT_SNAPSHOT_TTL)
     try:
         strategy = check(_option(config, "lxd_strategy") or "auto", "lxd_strategy (--lxd-strategy)", STRATEGIES)
@@ -268,7 +292,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     identity = SessionIdentity(token=f"{worker}{secrets.token_hex(3)}") if worker else SessionIdentity()
     lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl, identity=identity,
                      default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead,
-                     lease_wait=settings.lease_wait, take_turns=worker is not None, reuse=settings.reuse)
+                     lease_wait=settings.lease_wait, take_turns=worker is not None, reuse=settings.reuse,
+                     worker=int(worker.lstrip("gw") or 0) if worker and worker.lstrip("gw").isdigit() else 0)
     lxd.on_provision, lxd.on_ready = session_callbacks(session.config, lxd)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")
@@ -276,6 +301,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         lxd.on_progress = report.LaunchProgress(reporter, capture)
     try:
         lxd.connect()
+        if settings.endpoint.insecure:
+            lxd.notices.append(INSECURE_WARNING.format(url=settings.endpoint.url))
         requests = [r for item in session.items for r in requests_for(item, settings.specs)]
     except (LxdUnreachable, ConfigError, LxdSnapError) as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -354,8 +381,8 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
     yield Containers(request.node.nodeid,
-                     {c.tracked.name: Container(lxd.client, c.tracked.name, c.instance, disposable=c.tracked.declared)
-                      for c in checkouts})
+                     {c.tracked.name: Container(lxd.client_for(c.tracked.name), c.tracked.name, c.instance,
+                                                disposable=c.tracked.declared) for c in checkouts})
     reports = request.node.stash.get(REPORTS, {})
     if request.config.stash[SETTINGS].keep_failed and any(r.failed for r in reports.values()):
         for line in lxd.keep_failed(checkouts, request.node.nodeid):

@@ -20,7 +20,7 @@ from functools import partial
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi, reuse
+from . import lxdapi, projects, reuse
 from .errors import OwnershipError
 from .ownership import (
     CREATED_KEY,
@@ -247,6 +247,14 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
             if dead:
                 found.append(Garbage(f"snapshot {name}/{snapshot['name']}", f"of session {tag.token}, dead ({why})",
                                      _delete_snapshot(client, name, snapshot["name"], tag)))
+    for project in projects.session_projects(client):
+        creator = parse_tag(project["config"][CREATED_KEY])
+        assert creator is not None
+        dead, why = verdict(creator)
+        if dead:
+            found.append(Garbage(f"project {project['name']}", f"of session {creator.token}, dead ({why}): delete "
+                                 "its instances and the project", partial(projects.delete, client, project["name"],
+                                                                         creator)))
     for profile, config in leases.items():
         holder = parse_tag(config.get(OWNER_KEY))
         if holder is not None and verdict(holder)[0]:

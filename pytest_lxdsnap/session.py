@@ -14,12 +14,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi, ports, recovery, reuse
+from . import lxdapi, ports, projects, recovery, reuse
 from .clones import ClonePool
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
@@ -130,7 +130,7 @@ class LxdSession:
                  lease_wait: float = DEFAULT_LEASE_WAIT,
                  on_provision: Callable[[ContainerSpec, str], None] | None = None,
                  on_ready: Callable[[str, str], None] | None = None, take_turns: bool = False,
-                 reuse: bool = False) -> None:
+                 reuse: bool = False, worker: int = 0) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.snapshot_ttl = snapshot_ttl
@@ -142,6 +142,7 @@ class LxdSession:
         self.on_ready = on_ready  # (name, instance): a fresh container passed its readiness check
         self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
         self.reuse = reuse  # keep provisioned declared containers between runs
+        self.worker = worker  # pytest-xdist worker number: picks its cluster member from a spec's targets
         # (name, stage or None once ready, seconds waited) on every tick while a test waits for a launch
         self.on_progress: Callable[[str, str | None, float], None] | None = None
         self.stages: dict[str, str] = {}  # what each background launch is doing now
@@ -154,6 +155,8 @@ class LxdSession:
         self._launches: dict[str, Future[Tracked]] = {}
         self._planned: dict[str, list[Request]] = {}
         self._client: pylxd.Client | None = None
+        self._own: pylxd.Client | None = None  # --lxd-project auto: the session's own project
+        self._own_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -165,15 +168,38 @@ class LxdSession:
         assert self._client is not None
         return self._client
 
+    @property
+    def auto_project(self) -> bool:
+        return self.endpoint.project == projects.AUTO
+
+    @property
+    def own(self) -> pylxd.Client:
+        """Where this session creates instances: with --lxd-project auto a project of its own, made on first
+        use; else the endpoint's project."""
+        if not self.auto_project:
+            return self.client
+        with self._own_lock:
+            if self._own is None:
+                self._own = projects.in_project(self.client, projects.create(self.client, self.identity))
+            return self._own
+
+    def client_for(self, name: str) -> pylxd.Client:
+        """The client for a container: declared ones live where the session creates instances."""
+        return self.own if name in self.specs else self.client
+
     def connect(self) -> None:
         """Connect and check every declared container against the server (pools, images, profiles)."""
-        client = connect(self.endpoint)
+        if self.auto_project and self.reuse:
+            raise ConfigError("--lxd-reuse keeps declared containers between runs, but --lxd-project auto deletes "
+                              "the session's project at the end: name a project (--lxd-project NAME) to reuse")
+        client = connect(replace(self.endpoint, project=None) if self.auto_project else self.endpoint)
         self._check_specs(client)
         self._client = client
 
     def _check_specs(self, client: pylxd.Client) -> None:
         if not self.specs:
             return
+        self._check_targets(client)
         pools = [p["name"] for p in client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]]
         profiles = [p.rsplit("/", 1)[-1] for p in client.api.profiles.get().json()["metadata"]]
         images = client.api.images.get(params={"recursion": 1}).json()["metadata"]
@@ -199,6 +225,23 @@ class LxdSession:
                     f"{', '.join(aliases) or 'none'}. `lxdsnap setup` imports lxdsnap/busybox; "
                     "`lxc image import FILE --alias NAME` adds your own")
 
+    def _check_targets(self, client: pylxd.Client) -> None:
+        """Every cluster member a declaration names exists (and the server is a cluster at all)."""
+        wanted = {(spec.name, t) for spec in self.specs.values() for t in spec.targets}
+        if not wanted:
+            return
+        name, target = min(wanted)
+        if not client.host_info.get("environment", {}).get("server_clustered"):
+            raise ConfigError(
+                f"[{TABLE}.containers.{name}] target: {target!r} names a cluster member, but LXD at "
+                f"{self.endpoint.describe()} is a standalone server, not a cluster. Remove `target`, or point "
+                "--lxd-endpoint at a member of the cluster")
+        members = [m["server_name"] for m in client.api.cluster.members.get(params={"recursion": 1}).json()["metadata"]]
+        for name, target in sorted(wanted):
+            if target not in members:
+                raise ConfigError(f"[{TABLE}.containers.{name}] target: no cluster member {target!r} at "
+                                  f"{self.endpoint.describe()}; valid members: {', '.join(sorted(members))}")
+
     # -- planning ------------------------------------------------------------------------------
     def plan(self, requests: list[Request]) -> None:
         """The requests the collected tests will make, in run order: launch declared containers now.
@@ -223,7 +266,8 @@ class LxdSession:
             self.notices.append(f"looking for instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
             return
         for garbage in found:
-            ours = garbage.what.startswith("instance ") and "created by session" in garbage.why
+            ours = garbage.what.startswith("project ") or (
+                garbage.what.startswith("instance ") and "created by session" in garbage.why)
             held = garbage.what.startswith("instance ") and garbage.what.split()[1] in (also_held or [])
             if not (ours or held or garbage.what.startswith("profile ")):
                 continue
@@ -324,7 +368,8 @@ class LxdSession:
         if "no space left" not in describe(exc).lower():
             return ""
         try:
-            pool, _ = lxdapi.root_pool(self.client, lxdapi.get_instance(self.client, name))
+            client = self.client_for(name)
+            pool, _ = lxdapi.root_pool(client, lxdapi.get_instance(client, name))
         except (*LXD_FAULTS, NotFound):
             pool = self.specs[name].pool if name in self.specs else None
         return (f"\nThe storage pool {pool or '(unknown)'!r} is full: free space in it (`lxc storage info {pool}`), "
@@ -371,28 +416,29 @@ class LxdSession:
             tracked.base_stopping.result()
             tracked.base_stopping = None
         if tracked.running and not tracked.base_running:
-            lxdapi.set_power(self.client, tracked.instance, "start")
+            lxdapi.set_power(self.client_for(tracked.name), tracked.instance, "start")
             self._check_ready(tracked.name, tracked.instance)
         tracked.base_running = tracked.running
 
     def _start_clones(self, tracked: Tracked) -> None:
         spec = self.specs[tracked.name]
         tracked.clones = ClonePool(
-            self.client, self._executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
+            self.own, self._executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
             profiles=spec.profiles, identity=self.identity, ahead=self.prepare_ahead,
             planned=self._planned_clone_uses(tracked), ready=lambda instance: self._check_ready(tracked.name, instance),
+            target=spec.target_for(self.worker),
         )
         tracked.clones.top_up()
         only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self._planned.get(tracked.name, []))
         if only_clones and tracked.base_running:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
             tracked.base_running = False
-            tracked.base_stopping = self._executor.submit(lxdapi.set_power, self.client, tracked.instance, "stop")
+            tracked.base_stopping = self._executor.submit(lxdapi.set_power, self.own, tracked.instance, "stop")
 
     def _check_ready(self, name: str, instance: str) -> None:
         spec = self.specs.get(name)
         if spec is not None and spec.ready is not None:
-            wait_ready(self.client, instance, spec.ready, name)
+            wait_ready(self.own, instance, spec.ready, name)
         if self.on_ready is not None:
             self.on_ready(name, instance)
 
@@ -435,7 +481,7 @@ class LxdSession:
         """Launch a declared container, provision it, wait until ready, and take its baseline snapshot."""
         if self.reuse:
             return self._launch_kept(spec)
-        client = self.client
+        client = self.own
         instance = f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}"
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
         tag = self.identity.tag()
@@ -451,7 +497,7 @@ class LxdSession:
 
     def _launch_kept(self, spec: ContainerSpec) -> Tracked:
         """--lxd-reuse: claim the kept build of this declaration, or build and keep it."""
-        client = self.client
+        client = self.own
         instance = reuse.kept_name(spec, reuse.declaration_hash(client, spec))
         for old in reuse.stale(client, spec, instance):
             reuse.delete_kept(client, old)
@@ -485,7 +531,7 @@ class LxdSession:
     def _build(self, spec: ContainerSpec, instance: str, tags: dict[str, str],
                take_baseline: Callable[[], None]) -> float:
         """Create ``instance`` from the declaration, provision it, check it, snapshot it; the snapshot's seconds."""
-        client = self.client
+        client = self.own
         if spec.image_remote is not None:
             server, protocol = REMOTES[spec.image_remote]
             source = {"type": "image", "alias": spec.image.split(":", 1)[1], "server": server, "protocol": protocol}
@@ -501,9 +547,10 @@ class LxdSession:
             "config": {**spec.config, **tags},
             "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
         }
-        self.stages[spec.name] = f"creating from image {spec.image}"
+        target = spec.target_for(self.worker)
+        self.stages[spec.name] = f"creating from image {spec.image}" + (f" on {target}" if target else "")
         try:
-            lxdapi.wait(client, client.api.instances.post(json=body))
+            lxdapi.create_instance(client, body, target=target)
         except LXD_FAULTS as exc:
             raise LxdSnapError(f"launching declared container {spec.name!r} from image {spec.image!r} failed: "
                                f"{describe(exc)}") from None
@@ -575,7 +622,7 @@ class LxdSession:
         """Restore the base instance to its baseline; None, or what failed (the container is then broken)."""
         if tracked.broken:
             return tracked.broken
-        client, instance, snapshot = self.client, tracked.instance, tracked.snapshot
+        client, instance, snapshot = self.client_for(tracked.name), tracked.instance, tracked.snapshot
         start = time.perf_counter()
         try:
             running = lxdapi.status(client, instance) == lxdapi.RUNNING
@@ -620,7 +667,7 @@ class LxdSession:
         return lines
 
     def _keep(self, checkout: Checkout, test: str) -> str:
-        tracked, client = checkout.tracked, self.client
+        tracked, client = checkout.tracked, self.client_for(checkout.tracked.name)
         self._kept_count += 1
         expires = time.time() + self.snapshot_ttl
         until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
@@ -675,19 +722,19 @@ class LxdSession:
                         if problem:
                             self.problems.append(problem)
                             continue
-                    if lxdapi.status(self.client, tracked.instance) != lxdapi.STOPPED:
-                        lxdapi.set_power(self.client, tracked.instance, "stop")
-                    recovery.release(self.client, tracked.instance, self.identity)
+                    if lxdapi.status(self.own, tracked.instance) != lxdapi.STOPPED:
+                        lxdapi.set_power(self.own, tracked.instance, "stop")
+                    recovery.release(self.own, tracked.instance, self.identity)
                     continue
                 if tracked.declared and tracked.name in keep:
                     until = time.time() + self.snapshot_ttl
-                    recovery.mark_kept(self.client, tracked.instance, until)
+                    recovery.mark_kept(self.own, tracked.instance, until)
                     self.kept.append(f"kept declared container {tracked.name!r} as instance {tracked.instance} "
                                      f"(a cleanup hook asked; `lxdsnap gc` deletes it after "
                                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(until))})")
                     continue
                 if tracked.declared:
-                    lxdapi.delete_owned_instance(self.client, tracked.instance, self.identity)
+                    lxdapi.delete_owned_instance(self.own, tracked.instance, self.identity)
                     continue
                 if tracked.dirty:  # a readonly test (or an interrupted one) may have changed it
                     if self._turns(tracked):
@@ -703,6 +750,9 @@ class LxdSession:
         self._executor.shutdown(wait=True, cancel_futures=True)
         try:
             self._sweep()
+            if self._own is not None:
+                self.notices.extend(line for line in projects.delete(self.client, self._own.project, self.identity)
+                                    if line.startswith("kept"))
             recovery.close_lease(self.client, self.identity)
             if self._planned:  # a peer that died meanwhile (a crashed xdist worker) left its instances too
                 self._sweep_dead_sessions(also_held=[t.instance for t in self.tracked.values() if not t.declared])
@@ -715,27 +765,32 @@ class LxdSession:
     def _sweep(self) -> None:
         """Delete any instance this session created that is still there (a launch cut short by Ctrl-C)."""
         broken = {t.instance for t in self.tracked.values() if t.broken}
-        for name in lxdapi.owned_instances(self.client, self.identity):
+        client = self._own or self.client
+        for name in lxdapi.owned_instances(client, self.identity):
             if name in broken:
                 continue
             try:
-                lxdapi.delete_owned_instance(self.client, name, self.identity)
+                lxdapi.delete_owned_instance(client, name, self.identity)
             except (*LXD_FAULTS, LxdSnapError) as exc:
                 self.problems.append(f"deleting instance {name}: {describe(exc)}")
 
     def leftovers(self) -> list[Leftover]:
         """Everything of this session's that LXD still holds, looked up afresh."""
         client, found = self.client, []
-        for name in lxdapi.owned_instances(client, self.identity):
+        for name in lxdapi.owned_instances(self._own or client, self.identity):
             found.append(Leftover(name, f"instance {name}"))
+        if self._own is not None and self._own.project in {p["name"] for p in projects.session_projects(client)}:
+            if not self._own.api.instances.get().json()["metadata"]:  # else it holds kept states, on purpose
+                found.append(Leftover("session", f"project {self._own.project}"))
         for tracked in self.tracked.values():
             if tracked.declared and not tracked.kept:
                 continue
+            where = self.client_for(tracked.name)
             try:
-                config = lxdapi.get_instance(client, tracked.instance)["config"]
+                config = lxdapi.get_instance(where, tracked.instance)["config"]
             except NotFound:
                 continue
-            for snap in lxdapi.owned_snapshots(client, tracked.instance, self.identity):
+            for snap in lxdapi.owned_snapshots(where, tracked.instance, self.identity):
                 found.append(Leftover(tracked.name, f"snapshot {tracked.instance}/{snap}"))
             if self.identity.owns(config):
                 found.append(Leftover(tracked.name, f"config key {OWNER_KEY} on {tracked.instance}"))

@@ -25,6 +25,7 @@ CONTAINER_KEYS = {
     "scope": "how long a state lives: " + ", ".join(SCOPES) + " (default: function)",
     "ready": "readiness check run before the baseline snapshot and on every fresh clone or restore: a command "
              "(string or argv list), or a table {command = ..., timeout = seconds}",
+    "target": "LXD cluster member to launch on, or a list of members that pytest-xdist workers are spread over",
 }
 DEFAULT_READY_TIMEOUT = 60.0
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
@@ -54,6 +55,11 @@ class ContainerSpec:
     strategy: str | None = None
     scope: str | None = None
     ready: ReadyCheck | None = None
+    targets: tuple[str, ...] = ()  # cluster members; xdist worker n uses targets[n % len(targets)]
+
+    def target_for(self, worker: int) -> str | None:
+        """The cluster member worker number ``worker`` launches this container on (None: the server decides)."""
+        return self.targets[worker % len(self.targets)] if self.targets else None
 
     @property
     def image_remote(self) -> str | None:
@@ -111,7 +117,11 @@ def parse_container(name: str, table: Any) -> ContainerSpec:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     ready = parse_ready(table["ready"], f"{path} ready") if "ready" in table else None
-    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready)
+    target = table.get("target")
+    targets = () if target is None else (target,) if isinstance(target, str) else _str_list(target, f"{path} target")
+    if target is not None and (not targets or not all(targets)):
+        raise ConfigError(f"{path} target: expected a cluster member name or a non-empty list of them, got {target!r}")
+    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready, targets)
 
 
 def parse_ready(value: Any, path: str) -> ReadyCheck:

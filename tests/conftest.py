@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
+import os
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pylxd
 import pytest
 
 from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.connection import Endpoint, connect
+from pytest_lxdsnap.connection import Endpoint, connect, default_socket
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.image import IMAGE_ALIAS
 
+HTTPS_ADDRESS = "127.0.0.1:8443"  # loopback only; set for the TLS tests when the daemon has no address
 TEST_PREFIX = "t-lxdsnap-"  # instances the self-tests create; never the plugin's "lxdsnap-" prefix
 
 PYPROJECT = """
@@ -130,6 +135,8 @@ def plugin_leftovers(client: pylxd.Client) -> list[str]:
         found += [f"snapshot {name}/{s}" for s in snapshot_names(client, name) if s.startswith("lxdsnap-")]
     found += [f"profile {p['name']}" for p in client.api.profiles.get(params={"recursion": 1}).json()["metadata"]
               if p["name"].startswith("lxdsnap-session-")]
+    found += [f"project {p['name']}" for p in client.api.projects.get(params={"recursion": 1}).json()["metadata"]
+              if p["name"].startswith(("lxdsnap-", TEST_PREFIX))]
     return found
 
 
@@ -145,3 +152,62 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if leftovers:
         print("\nLEFTOVERS after the test suite:\n  " + "\n  ".join(leftovers))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def make_certificate(folder: Path, name: str, *, days: int = 365) -> tuple[str, str]:
+    """A self-signed certificate and key (PEM files in folder); negative days make an expired one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    end = now + datetime.timedelta(days=days)
+    start = min(now, end) - datetime.timedelta(days=2)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .sign(key, hashes.SHA384()))
+    crt_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(crt_path), str(key_path)
+
+
+@dataclass(frozen=True)
+class Https:
+    """The local daemon over HTTPS: its URL, a trusted client certificate and the server's certificate."""
+
+    url: str
+    cert: str
+    key: str
+    server_cert: str
+    folder: Path
+
+    def options(self) -> list[str]:
+        # --opt=PATH: pytest looks for its rootdir and ini file along path-like arguments it does not know yet
+        return [f"--lxd-endpoint={self.url}", f"--lxd-cert={self.cert}", f"--lxd-key={self.key}",
+                f"--lxd-server-cert={self.server_cert}"]
+
+
+@pytest.fixture(scope="session")
+def https_lxd(lxd_client: pylxd.Client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Https]:
+    """The local daemon listening on loopback (core.https_address) with a client certificate this suite made
+    and trusted; the address and the trust are removed again afterwards."""
+    folder = tmp_path_factory.mktemp("tls")
+    address = lxd_client.host_info["config"].get("core.https_address", "")
+    if not address:
+        address = HTTPS_ADDRESS
+        lxdapi.wait(lxd_client, lxd_client.api.patch(json={"config": {"core.https_address": address}}))
+    cert, key = make_certificate(folder, "trusted")
+    with open(cert, "rb") as fh:
+        trusted = lxd_client.certificates.create(password="", cert_data=fh.read())
+    socket_dir = os.path.dirname(default_socket())
+    try:
+        yield Https(f"https://{address}", cert, key, os.path.join(socket_dir, "server.crt"), folder)
+    finally:
+        lxd_client.api.certificates[trusted.fingerprint].delete()
+        if address == HTTPS_ADDRESS:
+            lxdapi.wait(lxd_client, lxd_client.api.patch(json={"config": {"core.https_address": ""}}))

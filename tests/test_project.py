@@ -1,12 +1,19 @@
-"""--lxd-project: declared containers live in the chosen LXD project; an unknown project is a usage error."""
+"""--lxd-project NAME / auto: where the session creates its instances; existing containers stay in their own."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
+import sys
 
 import pytest
 
-from .conftest import PYPROJECT, assert_summary, lxc
+from pytest_lxdsnap import lxdapi, projects
+from pytest_lxdsnap.image import IMAGE_ALIAS
+from pytest_lxdsnap.ownership import CREATED_KEY, SessionIdentity
+
+from .conftest import PYPROJECT, assert_summary, lxc, snapshot_names, user_config
 
 
 @pytest.fixture
@@ -52,3 +59,84 @@ def test_unknown_project_is_a_usage_error(suite):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: LXD project 'no-such-project' does not exist at unix socket * "
                                  "(project 'no-such-project'); existing projects: *default*"])
+
+
+def session_projects() -> list[str]:
+    listed = json.loads(lxc("project", "list", "--format", "json"))
+    return [p["name"] for p in listed if p["name"].startswith("lxdsnap-")]
+
+
+def test_auto_project_holds_the_session_instances_and_goes_at_the_end(pytester, lxd_client, make_instance):
+    name = make_instance(snapshot="user-snap")
+    found = user_config(lxd_client, name)
+    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    pytester.makepyfile(f"""
+        import json
+        import subprocess
+        import pytest
+
+        def names(project):
+            return subprocess.run(["lxc", "list", "--project", project, "--format", "csv", "-c", "n"],
+                                  check=True, capture_output=True, text=True).stdout.split()
+
+        @pytest.mark.lxd("web", "{name}")
+        @pytest.mark.parametrize("attempt", range(3))
+        def test_it(lxd, attempt):
+            listed = subprocess.run(["lxc", "project", "list", "--format", "json"], check=True, capture_output=True,
+                                    text=True).stdout
+            projects = [p["name"] for p in json.loads(listed) if p["name"].startswith("lxdsnap-")]
+            assert len(projects) == 1
+            assert lxd["web"].instance_name in names(projects[0])  # the session's own instances
+            assert "{name}" in names("default")  # the existing container stays where it is
+            for c in lxd.values():
+                assert not c.exists("/root/x")
+                c.write_text("/root/x", "x")
+    """)
+    result = pytester.runpytest("--lxd-project", "auto", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    assert_summary(result, "web", kind="declared", resets="3", leftovers="0")
+    assert_summary(result, name, kind="existing", resets="3", leftovers="0")
+    assert session_projects() == []
+    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert user_config(lxd_client, name) == found
+
+
+def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
+    dead = SessionIdentity(pid=2**22 + 1)  # no such process: a session that died without cleaning up
+    project = projects.create(lxd_client, dead)
+    inside = projects.in_project(lxd_client, project)
+    body = {"name": "lxdsnap-web-dead", "source": {"type": "image", "alias": IMAGE_ALIAS},
+            "config": {CREATED_KEY: dead.tag()}}
+    lxdapi.wait(inside, inside.api.instances.post(json=body))
+    try:
+        dry = lxdsnap("gc", "--dry-run")
+        assert f"would clean project {project}: of session {dead.token}, dead" in dry
+        assert session_projects() == [project]
+        done = lxdsnap("gc")
+        assert f"deleted instance lxdsnap-web-dead (project {project})" in done
+        assert f"deleted project {project}" in done
+    finally:
+        if project in session_projects():
+            projects.delete(lxd_client, project, dead)
+    assert session_projects() == []
+
+
+def lxdsnap(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_reuse_needs_a_named_project(suite):
+    suite.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    suite.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_it(lxd):
+            pass
+    """)
+    result = suite.runpytest("--lxd-project", "auto", "--lxd-reuse")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --lxd-reuse keeps declared containers between runs, but --lxd-project auto "
+                                 "deletes the session's project at the end: name a project (--lxd-project NAME)*"])
+    assert session_projects() == []

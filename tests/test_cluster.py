@@ -1,0 +1,55 @@
+"""Cluster targets: a declared container may name a cluster member (or members that pytest-xdist workers are
+spread over). One host cannot form a cluster: these check the request and the standalone server's refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lxdsnap import lxdapi
+from pytest_lxdsnap.errors import ConfigError
+from pytest_lxdsnap.image import IMAGE_ALIAS
+from pytest_lxdsnap.settings import parse_container
+
+from .conftest import PYPROJECT, TEST_PREFIX, instance_names
+
+
+def test_targets_spread_xdist_workers_over_the_members():
+    spec = parse_container("web", {"image": "x", "target": ["m1", "m2", "m3"]})
+    assert [spec.target_for(worker) for worker in range(5)] == ["m1", "m2", "m3", "m1", "m2"]
+    assert parse_container("web", {"image": "x", "target": "m1"}).target_for(7) == "m1"
+    assert parse_container("web", {"image": "x"}).target_for(0) is None
+
+
+@pytest.mark.parametrize("bad", [[], "", ["m1", ""], 3, [3]])
+def test_a_bad_target_names_the_key(bad):
+    with pytest.raises(ConfigError, match=r"\[tool.lxdsnap.containers.web\] target: expected"):
+        parse_container("web", {"image": "x", "target": bad})
+
+
+def test_a_target_on_a_standalone_server_is_refused_before_anything_is_created(suite, lxd_client):
+    before = instance_names(lxd_client)
+    suite.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n'
+                   'target = ["member1", "member2"]\n')
+    suite.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_it(lxd):
+            pass
+    """)
+    result = suite.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: [[]tool.lxdsnap.containers.web[]] target: 'member1' names a cluster member, "
+                                 "but LXD at unix socket * is a standalone server, not a cluster. Remove `target`*"])
+    assert instance_names(lxd_client) == before
+
+
+def test_the_create_request_carries_the_target_and_the_refusal_is_explained(lxd_client):
+    before = instance_names(lxd_client)
+    body = {"name": f"{TEST_PREFIX}target", "source": {"type": "image", "alias": IMAGE_ALIAS}}
+    with pytest.raises(ConfigError) as refused:
+        lxdapi.create_instance(lxd_client, body, target="member1")
+    # LXD's own answer to ?target=member1: the parameter reached the server
+    assert "cluster member 'member1', but the server refused: Target only allowed when clustered" in str(refused.value)
+    assert "remove `target`" in str(refused.value)
+    assert instance_names(lxd_client) == before

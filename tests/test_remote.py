@@ -1,0 +1,120 @@
+"""Remote LXD over HTTPS (the local daemon on loopback): client certificates, a pinned server certificate
+whatever $REQUESTS_CA_BUNDLE says, and one clear message for each way the connection can be wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import PYPROJECT, assert_summary, instance_names, lxc, make_certificate, snapshot_names, user_config
+
+DIRTIES = """
+import pytest
+
+
+@pytest.mark.lxd("{name}", "web")
+@pytest.mark.parametrize("i", range(3))
+def test_dirty(lxd, i):
+    for container in lxd.values():
+        assert not container.exists("/root/dirty")
+        container.write_text("/root/dirty", str(i))
+    assert lxd["{name}"].exec(["cat", "/root/dirty"]).stdout == str(i)
+"""
+WEB = PYPROJECT + """
+[tool.lxdsnap.containers.web]
+image = "lxdsnap/busybox"
+provision = ["touch /root/provisioned"]
+"""
+
+
+def test_the_tutorial_scenario_runs_over_https_with_the_server_pinned(pytester, https_lxd, lxd_client,
+                                                                      make_instance, monkeypatch):
+    name = make_instance(snapshot="user-snap")
+    found, before = user_config(lxd_client, name), instance_names(lxd_client)
+    # the trap: requests would let these override the pinned server certificate
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makepyfile(DIRTIES.format(name=name))
+    result = pytester.runpytest(*https_lxd.options())
+    result.assert_outcomes(passed=3)
+    assert_summary(result, name, kind="existing", resets="3", leftovers="0")
+    assert_summary(result, "web", kind="declared", resets="3", leftovers="0")
+    assert instance_names(lxd_client) == before
+    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert user_config(lxd_client, name) == found
+    assert lxc("exec", name, "--", "ls", "/root") == ""
+
+
+def usage_error(pytester: pytest.Pytester, *args: str) -> str:
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    pytester.makepyfile(DIRTIES.format(name="anything"))
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    return " ".join(result.stderr.str().split())
+
+
+def test_an_untrusted_client_certificate_says_how_to_trust_it(pytester, https_lxd, lxd_client):
+    before = instance_names(lxd_client)
+    cert, key = make_certificate(https_lxd.folder, "stranger")
+    message = usage_error(pytester, f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={cert}", f"--lxd-key={key}",
+                          f"--lxd-server-cert={https_lxd.server_cert}")
+    assert f"{https_lxd.url} does not trust the client certificate {cert}" in message
+    assert "lxc config trust add stranger.crt" in message and "Nothing was changed" in message
+    assert instance_names(lxd_client) == before
+
+
+def test_an_expired_client_certificate_is_named_as_expired(pytester, https_lxd):
+    cert, key = make_certificate(https_lxd.folder, "old", days=-1)
+    message = usage_error(pytester, f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={cert}", f"--lxd-key={key}",
+                          f"--lxd-server-cert={https_lxd.server_cert}")
+    assert "does not trust the client certificate" in message and "expired on" in message
+
+
+def test_a_wrong_server_certificate_is_refused_before_anything_is_sent(pytester, https_lxd):
+    impostor, _ = make_certificate(https_lxd.folder, "impostor")
+    message = usage_error(pytester, f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={https_lxd.cert}",
+                          f"--lxd-key={https_lxd.key}", f"--lxd-server-cert={impostor}")
+    assert f"the server at {https_lxd.url} is not the one --lxd-server-cert {impostor} pins" in message
+
+
+def test_without_a_pinned_certificate_the_self_signed_server_is_refused_with_the_fix(pytester, https_lxd):
+    message = usage_error(pytester, f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={https_lxd.cert}",
+                          f"--lxd-key={https_lxd.key}")
+    assert f"the certificate of {https_lxd.url} is not signed by a CA this machine trusts" in message
+    assert "--lxd-server-cert PATH" in message
+
+
+def test_insecure_works_but_says_so(pytester, https_lxd, make_instance):
+    name = make_instance()
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lxd("{name}")
+        def test_it(lxd):
+            lxd["{name}"].write_text("/root/dirty", "x")
+    """)
+    result = pytester.runpytest(f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={https_lxd.cert}",
+                                f"--lxd-key={https_lxd.key}", "--lxd-insecure")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"lxdsnap: WARNING TLS verification is off for {https_lxd.url} (--lxd-insecure)*",
+                                 f"NOTE TLS verification is off for {https_lxd.url}*--lxd-server-cert*"])
+
+
+def test_an_unreachable_endpoint_names_it(pytester, https_lxd):
+    message = usage_error(pytester, "--lxd-endpoint=https://127.0.0.1:1", f"--lxd-cert={https_lxd.cert}",
+                          f"--lxd-key={https_lxd.key}", f"--lxd-server-cert={https_lxd.server_cert}")
+    assert "LXD is not reachable at HTTPS endpoint https://127.0.0.1:1" in message
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-cert=/nonexistent.crt", "--lxd-key=/x.key"],
+     "--lxd-cert /nonexistent.crt: no such readable file"),
+    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-cert=/etc/hostname"],
+     "--lxd-cert and --lxd-key go together"),
+    (["--lxd-server-cert=/etc/hostname"], "--lxd-server-cert only apply to an https:// --lxd-endpoint"),
+    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-insecure", "--lxd-server-cert=/etc/hostname"],
+     "--lxd-insecure turns verification off, --lxd-server-cert pins the server: choose one"),
+])
+def test_tls_options_that_do_not_fit_together(pytester, args, expected):
+    assert expected in usage_error(pytester, *args)
