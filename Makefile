@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup test demo lint bench soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint bench soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -19,10 +19,18 @@ install: $(STAMP)
 setup: install
 	$(BIN)/lxdsnap setup
 
+# Install and start Incus (Debian 12: from bookworm-backports), beside LXD, with the same pool and image.
+setup-incus: install
+	$(BIN)/lxdsnap setup --incus
+
 # The full test suite, against the real LXD daemon.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The same suite against the real Incus daemon (LXDSNAP_BACKEND=incus: its socket, `incus` for `lxc`).
+test-incus: setup-incus
+	LXDSNAP_BACKEND=incus $(BIN)/pytest $(PYTEST_ARGS)
 
 # The examples, against the real LXD daemon, with the plugin's summary.
 demo: setup

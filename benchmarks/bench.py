@@ -389,7 +389,7 @@ def main() -> None:
                              "stock and fast (`lxdsnap setup --fast-stop`), restoring the host's choice after")
     args = parser.parse_args()
 
-    pools = {p["name"]: p["driver"] for p in client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]}
+    pools = {p["name"]: p["driver"] for p in lxdapi.listing(client.api.storage_pools)}
     cow = next((name for name, driver in pools.items() if driver in ("btrfs", "zfs", "lvm")), None)
     if cow is None:
         raise SystemExit("no copy-on-write pool: run `lxdsnap setup` (btrfs) first")
@@ -486,7 +486,7 @@ def main() -> None:
             chart(args.chart, suites, inplace)
             print(f"\nchart: {args.chart}")
     finally:
-        for record in client.api.instances.get(params={"recursion": 1}).json()["metadata"]:
+        for record in lxdapi.listing(client.api.instances):
             if record["name"].startswith(PREFIX):
                 subprocess.run(["lxc", "delete", "--force", record["name"]], check=False, capture_output=True)
         if made_dir_pool:

@@ -7,7 +7,6 @@ imported as ``lxdsnap-bench/debian``. Takes about a minute the first time; reuse
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import subprocess
 import tarfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import pylxd
 from pylxd.exceptions import NotFound
 
+from pytest_lxdsnap.backends import host_debian_mirror
 from pytest_lxdsnap.image import lxd_architecture
 
 ALIAS = "lxdsnap-bench/debian"
@@ -26,20 +26,6 @@ SUITE = "bookworm"
 READY = ('{ command = ["sh", "-c", "s=$(systemctl is-system-running); [ \\"$s\\" = running ] || '
          '[ \\"$s\\" = degraded ]"], timeout = 120 }')
 """The readiness check of a systemd container, as a TOML value for [tool.lxdsnap.containers.<name>]."""
-
-
-def host_debian_mirror() -> str:
-    """The first Debian mirror in this host's apt sources (deb822 ``URIs:`` or one-line ``deb`` entries)."""
-    texts = [p.read_text() for p in Path("/etc/apt/sources.list.d").glob("*.sources")]
-    for text in texts:
-        for uri in re.findall(r"^URIs:\s*(\S+)", text, re.M):
-            if uri.rstrip("/").endswith("/debian"):
-                return uri
-    listing = Path("/etc/apt/sources.list")
-    if listing.exists():
-        for match in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+" + SUITE + r"\s", listing.read_text(), re.M):
-            return match.group(1)
-    raise SystemExit("no Debian mirror in /etc/apt/sources*: --debian needs a Debian host with apt sources")
 
 
 def ensure_debian_image(client: pylxd.Client, log: Callable[[str], object] = print) -> str:
@@ -55,7 +41,7 @@ def ensure_debian_image(client: pylxd.Client, log: Callable[[str], object] = pri
         rootfs = Path(tmp, "rootfs")
         log(f"debian image: debootstrap --variant=minbase {SUITE} (about a minute)")
         subprocess.run(["debootstrap", "--variant=minbase", "--include=systemd-sysv,python3", SUITE, str(rootfs),
-                        host_debian_mirror()], check=True, stdout=subprocess.DEVNULL)
+                        host_debian_mirror(SUITE)[0]], check=True, stdout=subprocess.DEVNULL)
         hostname = rootfs / "etc/hostname"
         hostname.unlink(missing_ok=True)  # never write into a rootfs through a link
         hostname.write_text("debian\n")

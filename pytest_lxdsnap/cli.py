@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .backends import INCUS, LXD
 from .connection import Endpoint
 from .errors import LxdSnapError
 from .hostsetup import doctor, setup
@@ -18,8 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="private key of --cert")
     parser.add_argument("--server-cert", help="pin the https:// endpoint's certificate (PEM)")
     parser.add_argument("--insecure", action="store_true", help="do not verify the https:// endpoint (a warning)")
+    incus = argparse.ArgumentParser(add_help=False)
+    incus.add_argument("--incus", action="store_true",
+                       help=f"Incus instead of LXD (socket {INCUS.socket}; Debian 12 installs it from backports)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_setup = sub.add_parser("setup", help="Install and start LXD, create a pool, import the test image")
+    p_setup = sub.add_parser("setup", parents=[incus],
+                             help="Install and start LXD (or Incus), create a pool, import the test image")
     p_setup.add_argument("--pool-driver", choices=["auto", "btrfs", "dir"], default="auto",
                          help="Driver of the pool created when none exists (auto: btrfs where the kernel has it)")
     fast = p_setup.add_mutually_exclusive_group()
@@ -28,23 +33,25 @@ def main(argv: list[str] | None = None) -> int:
                            "in-place resets get ~3x faster")
     fast.add_argument("--undo-fast-stop", dest="fast_stop", action="store_false",
                       help="Put lxcfs's own post-stop hook back")
-    sub.add_parser("doctor", help="Report what is present, what is missing, and the fix for each")
-    p_gc = sub.add_parser("gc", help="Restore and remove what dead lxdsnap sessions left (instances, snapshots, "
-                          "tags, kept states past their expiry); live sessions are never touched")
+    sub.add_parser("doctor", parents=[incus], help="Report what is present, what is missing, and the fix for each")
+    p_gc = sub.add_parser("gc", parents=[incus], help="Restore and remove what dead lxdsnap sessions left "
+                          "(instances, snapshots, tags, kept states past their expiry); live sessions stay untouched")
     p_gc.add_argument("--dry-run", action="store_true", help="Only list what would be done")
     p_pub = sub.add_parser("publish", help="Publish the baseline of a declared container kept by --lxd-reuse as a "
                            "local image (other hosts or CI caches can start from it)")
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
     p_pub.add_argument("--alias", help="image alias (default: lxdsnap/<name>)")
     args = parser.parse_args(argv)
-    endpoint = Endpoint(url=args.endpoint, project=args.project, cert=args.cert, key=args.key,
+    backend = INCUS if getattr(args, "incus", False) else LXD
+    url = args.endpoint or (INCUS.socket if backend is INCUS else None)
+    endpoint = Endpoint(url=url, project=args.project, cert=args.cert, key=args.key,
                         server_cert=args.server_cert, insecure=args.insecure)
     if args.insecure:
         print(f"lxdsnap: WARNING TLS verification is off for {args.endpoint}", file=sys.stderr)
     try:
         if args.command == "setup":
             setup(endpoint, log=lambda line: print(f"lxdsnap setup: {line}", flush=True),
-                  pool_driver=args.pool_driver, fast_stop=args.fast_stop)
+                  pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend)
             return 0
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             fingerprint, alias = publish(endpoint, args.name, args.alias)
             print(f"lxdsnap publish: image {fingerprint[:12]} as {alias}; use it with image = \"{alias}\"")
             return 0
-        checks = doctor(endpoint)
+        checks = doctor(endpoint, backend)
     except LxdSnapError as exc:
         print(f"lxdsnap {args.command}: {exc}", file=sys.stderr)
         return 1

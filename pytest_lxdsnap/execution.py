@@ -17,7 +17,7 @@ import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
 from .errors import ExecError, ExecTimeout
-from .lxdapi import OperationFailed, api_error, operation_id, wait
+from .lxdapi import OperationFailed, api_error, exec_logs, operation_id, wait
 
 COMMAND_NOT_FOUND = 127
 
@@ -107,7 +107,9 @@ def exec_command(
         response = node.exec.post(json=body)
         metadata = wait(client, response, timeout)
     except LXDAPIException as exc:
-        raise ExecError(f"LXD refused to run {shlex.join(shown)} in {instance}: {api_error(exc)}") from None
+        if api_error(exc) != "Command not found":
+            raise ExecError(f"LXD refused to run {shlex.join(shown)} in {instance}: {api_error(exc)}") from None
+        metadata = {"return": 127}  # Incus refuses the request itself; LXD runs it and reports 127
     except requests.RequestException as exc:
         raise ExecError(f"LXD stopped answering while running {shlex.join(shown)} in {instance}: {exc}. "
                         "Check the daemon with `lxdsnap doctor`") from None
@@ -123,7 +125,7 @@ def exec_command(
         if "return" not in exc.metadata:
             raise ExecError(f"LXD could not run {shlex.join(shown)} in {instance}: {exc}") from None
         metadata = exc.metadata
-    outputs = {fd: _read_log(node, path, delete=not keep_logs) for fd, path in (metadata.get("output") or {}).items()}
+    outputs = {fd: _read_log(client, path, delete=not keep_logs) for fd, path in (metadata.get("output") or {}).items()}
     result = ExecResult(shown, int(metadata.get("return", -1)), outputs.get("1", b""), outputs.get("2", b""))
     if result.exit_code in (126, 127) and not result.stderr_bytes:
         problem = "command not found" if result.exit_code == 127 else "not executable"
@@ -146,14 +148,17 @@ def purge_unread_logs(client: pylxd.Client, instance: str) -> None:
     for op in _UNREAD.pop(instance, set()):
         for stream in ("stdout", "stderr"):
             try:
-                client.api.instances[instance].logs[f"exec_{op}.{stream}"].delete()
+                exec_logs(client, instance)[f"exec_{op}.{stream}"].delete()
             except LXDAPIException:
                 pass  # never written, or gone with the instance
 
 
-def _read_log(node: object, path: str, *, delete: bool) -> bytes:
-    """Read an exec log file and (normally) delete it, so repeated execs leave nothing in /var/log/lxd."""
-    log = node.logs[path.rsplit("/", 1)[-1]]  # type: ignore[attr-defined]
+def _read_log(client: pylxd.Client, path: str, *, delete: bool) -> bytes:
+    """Read an exec log file and (normally) delete it, so repeated execs leave nothing in /var/log/lxd.
+    ``path`` is the API path the operation reported (LXD: .../logs/<file>, Incus: .../logs/exec-output/<file>)."""
+    log = client.api
+    for segment in path.split("?", 1)[0].strip("/").split("/")[1:]:  # after "1.0"
+        log = log[segment]
     data = log.get(is_api=False).content
     if not delete:
         return data

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from . import stophook
+from . import lxdapi, stophook
+from .backends import LXD, Backend, add_backports, codename
 from .connection import Endpoint, connect, default_socket
 from .errors import LxdSnapError, LxdUnreachable
 from .image import BUSYBOX, IMAGE_ALIAS, import_image
 
-APT_PACKAGES = {"lxd": "lxd", "lxc": "lxd-client", "mkfs.btrfs": "btrfs-progs", BUSYBOX: "busybox-static"}
-DAEMON_LOG = "/var/log/lxd-lxdsnap.log"
 DEFAULT_POOL = "default"
 DEFAULT_POOL_SIZE = "8GiB"
 
@@ -48,21 +47,28 @@ def kernel_has_btrfs() -> bool:
         return False
 
 
-def missing_packages() -> list[str]:
-    return sorted({pkg for tool, pkg in APT_PACKAGES.items() if not _have(tool)})
+def missing_packages(backend: Backend = LXD) -> list[str]:
+    return sorted({pkg for tool, pkg in backend.packages.items() if not _have(tool)})
 
 
-def install_packages(log: Callable[[str], None]) -> None:
-    packages = missing_packages()
+def install_packages(log: Callable[[str], None], backend: Backend = LXD) -> None:
+    packages = missing_packages(backend)
     if not packages:
-        log("packages: lxd, lxd-client, btrfs-progs, busybox-static already installed")
+        log(f"packages: {', '.join(sorted(set(backend.packages.values())))} already installed")
         return
     if not shutil.which("apt-get"):
-        raise LxdSnapError(f"missing {', '.join(packages)} and no apt-get here: install LXD by hand")
-    log(f"packages: installing {' '.join(packages)} with apt-get")
+        raise LxdSnapError(f"missing {', '.join(packages)} and no apt-get here: install {backend.name} by hand")
+    release: list[str] = []
+    if backend.backports:
+        written = add_backports()
+        if written:
+            log(f"apt: added {codename()}-backports from this host's own Debian mirror ({written})")
+        release = ["-t", f"{codename()}-backports"]
+    log(f"packages: installing {' '.join(packages)} with apt-get" + (f" {' '.join(release)}" if release else ""))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", *release, *packages], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
 
 
 def daemon_reachable(endpoint: Endpoint) -> bool:
@@ -73,27 +79,28 @@ def daemon_reachable(endpoint: Endpoint) -> bool:
     return True
 
 
-def start_daemon(endpoint: Endpoint, log: Callable[[str], None]) -> None:
-    """Start LXD through systemd when it runs, else as a detached process; then wait until ready."""
+def start_daemon(endpoint: Endpoint, log: Callable[[str], None], backend: Backend = LXD) -> None:
+    """Start the daemon through systemd when it runs, else as a detached process; then wait until ready."""
     if daemon_reachable(endpoint):
         log(f"daemon: reachable at {endpoint.describe()}")
         return
     if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
-        log("daemon: starting with systemctl start lxd")
-        subprocess.run(["systemctl", "start", "lxd"], check=False)
+        log(f"daemon: starting with systemctl start {backend.service}")
+        subprocess.run(["systemctl", "start", backend.service], check=False)
     else:
-        log(f"daemon: no service manager, starting `lxd --group root` detached (log {DAEMON_LOG})")
+        log(f"daemon: no service manager, starting `{' '.join(backend.daemon)}` detached (log {backend.log_file})")
         with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
             subprocess.Popen(
-                ["lxd", "--group", "root", "--logfile", DAEMON_LOG],
+                [*backend.daemon, "--logfile", backend.log_file],
                 stdin=devnull_in, stdout=devnull_out, stderr=devnull_out, start_new_session=True,
                 cwd="/",  # the daemon outlives this checkout; its tools (rsync) fail in a deleted cwd
             )
-    subprocess.run(["lxd", "waitready", "--timeout", "60"], check=True)
+    subprocess.run(list(backend.waitready), check=True)
     deadline = time.monotonic() + 30
     while not daemon_reachable(endpoint):
         if time.monotonic() > deadline:
-            raise LxdUnreachable(f"LXD started but {endpoint.describe()} does not answer; see {DAEMON_LOG}")
+            raise LxdUnreachable(f"{backend.name} started but {endpoint.describe()} does not answer; "
+                                 f"see {backend.log_file}")
         time.sleep(0.2)
 
 
@@ -101,7 +108,7 @@ def ensure_pool(endpoint: Endpoint, log: Callable[[str], None], driver: str = "a
                 name: str = DEFAULT_POOL, size: str = DEFAULT_POOL_SIZE) -> None:
     """A storage pool and a default profile whose root disk uses it (no network device: no bridges)."""
     client = connect(endpoint)
-    pools = [p["name"] for p in client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]]
+    pools = [p["name"] for p in lxdapi.listing(client.api.storage_pools)]
     if name not in pools:
         if driver == "auto":
             driver = "btrfs" if kernel_has_btrfs() and _have("mkfs.btrfs") else "dir"
@@ -128,16 +135,16 @@ def ensure_image(endpoint: Endpoint, log: Callable[[str], None]) -> None:
 
 
 def setup(endpoint: Endpoint, log: Callable[[str], None] = print, pool_driver: str = "auto",
-          fast_stop: bool | None = None) -> None:
-    """Install, start and initialise LXD, and import the offline test image. Idempotent.
+          fast_stop: bool | None = None, backend: Backend = LXD) -> None:
+    """Install, start and initialise LXD (or Incus), and import the offline test image. Idempotent.
 
     ``fast_stop`` True installs the lxcfs stop-hook wrapper (see :mod:`pytest_lxdsnap.stophook`), False
     removes it, None leaves the host's choice alone.
     """
     if endpoint.url and endpoint.url.startswith("https://"):
         raise LxdSnapError("lxdsnap setup prepares the local host only: run it on the LXD host itself")
-    install_packages(log)
-    start_daemon(endpoint, log)
+    install_packages(log, backend)
+    start_daemon(endpoint, log, backend)
     ensure_pool(endpoint, log, driver=pool_driver)
     ensure_image(endpoint, log)
     if fast_stop is not None:
@@ -149,11 +156,14 @@ def setup(endpoint: Endpoint, log: Callable[[str], None] = print, pool_driver: s
     log("ready: run `pytest` (or `make demo`)")
 
 
-def doctor(endpoint: Endpoint) -> list[Check]:
+def doctor(endpoint: Endpoint, backend: Backend = LXD) -> list[Check]:
     """What is present, what is missing, and the fix for each."""
+    setup_cmd = "lxdsnap setup --incus" if backend is not LXD else "lxdsnap setup"
+    how = setup_cmd if backend.backports else "apt-get install"
     checks = [
-        Check(f"tool {tool}", _have(tool), "found" if _have(tool) else "missing", f"apt-get install {pkg}")
-        for tool, pkg in APT_PACKAGES.items()
+        Check(f"tool {tool}", _have(tool), "found" if _have(tool) else "missing",
+              how if backend.backports else f"{how} {pkg}")
+        for tool, pkg in backend.packages.items()
     ]
     checks.append(Check("kernel btrfs", kernel_has_btrfs(), "available" if kernel_has_btrfs() else "not in "
                         "/proc/filesystems", "without btrfs the pool is dir: snapshots copy the whole rootfs",
@@ -161,20 +171,20 @@ def doctor(endpoint: Endpoint) -> list[Check]:
     try:
         client = connect(endpoint)
     except LxdSnapError as exc:
-        checks.append(Check("daemon", False, str(exc).splitlines()[0], "lxdsnap setup"))
+        checks.append(Check("daemon", False, str(exc).splitlines()[0], setup_cmd))
         return checks
     info = client.api.get().json()["metadata"]
     checks.append(Check("daemon", True, f"{endpoint.describe()}: {info['environment'].get('server_name', '')} "
                         f"{info['environment'].get('server', 'lxd')} {info['environment'].get('server_version')}"))
-    pools = client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]
+    pools = lxdapi.listing(client.api.storage_pools)
     checks.append(Check("storage pools", bool(pools), ", ".join(f"{p['name']} ({p['driver']})" for p in pools)
-                        or "none", "lxdsnap setup"))
+                        or "none", setup_cmd))
     for p in pools:
         if p["driver"] == "dir":
             checks.append(Check(
                 f"pool {p['name']}", False, "dir driver: every snapshot and clone copies the whole rootfs (2.7 s "
                 "for a 240 MB rootfs, against 0.16 s on btrfs), so the 'auto' strategy resets in place",
-                "a copy-on-write pool is much faster: lxc storage create fast btrfs size=8GiB, then "
+                f"a copy-on-write pool is much faster: {backend.cli} storage create fast btrfs size=8GiB, then "
                 "pool = \"fast\" in [tool.lxdsnap.containers.<name>]", advisory=True))
     hook = stophook.state()
     checks.append(Check(
@@ -187,11 +197,11 @@ def doctor(endpoint: Endpoint) -> list[Check]:
     profile = client.api.profiles["default"].get().json()["metadata"]
     root = profile["devices"].get("root")
     checks.append(Check("default profile root disk", root is not None,
-                        f"pool {root['pool']}" if root else "missing", "lxdsnap setup"))
+                        f"pool {root['pool']}" if root else "missing", setup_cmd))
     try:
         client.api.images.aliases[IMAGE_ALIAS].get()
         checks.append(Check(f"image {IMAGE_ALIAS}", True, "present"))
     except LXDAPIException:
-        checks.append(Check(f"image {IMAGE_ALIAS}", False, "missing", "lxdsnap setup"))
+        checks.append(Check(f"image {IMAGE_ALIAS}", False, "missing", setup_cmd))
     checks.append(Check("socket", True, endpoint.url or default_socket()))
     return checks

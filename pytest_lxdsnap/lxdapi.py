@@ -91,8 +91,14 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
     while True:
         left = WAIT_CHUNK if deadline is None else max(deadline - time.monotonic(), 0.0)
         chunk = max(1, math.ceil(min(left, WAIT_CHUNK, request_timeout)))  # LXD waits whole seconds
-        op = client.api.operations[op_id].wait.get(params={"timeout": chunk},
-                                                   timeout=chunk + request_timeout).json()["metadata"]
+        try:
+            op = client.api.operations[op_id].wait.get(params={"timeout": chunk},
+                                                       timeout=chunk + request_timeout).json()["metadata"]
+        except LXDAPIException as exc:
+            if "deadline exceeded" not in api_error(exc):
+                raise
+            # Incus answers a wait that outlasts its timeout with an error; LXD with the running operation
+            op = client.api.operations[op_id].get(timeout=request_timeout).json()["metadata"]
         if op["status"] != "Running":
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -137,6 +143,13 @@ def create_instance(client: pylxd.Client, body: dict[str, Any], *, target: str |
                               "--lxd-endpoint at a member of the cluster") from None
         raise
     wait(client, response)
+
+
+def listing(node: Any, *, recursion: bool = True) -> list[Any]:
+    """A collection (``GET /1.0/instances`` and the like): records, or URLs without recursion. Incus answers
+    an empty one with ``null`` where LXD answers ``[]``."""
+    response = node.get(params={"recursion": 1}) if recursion else node.get()
+    return response.json()["metadata"] or []
 
 
 def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
@@ -201,7 +214,7 @@ def set_config_key(client: pylxd.Client, name: str, key: str, value: str | None)
 
 
 def list_snapshots(client: pylxd.Client, instance: str) -> list[dict[str, Any]]:
-    return client.api.instances[instance].snapshots.get(params={"recursion": 1}).json()["metadata"]
+    return listing(client.api.instances[instance].snapshots)
 
 
 def create_owned_snapshot(
@@ -275,13 +288,32 @@ def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIden
     stop_and_delete(client, name, record["status"])
 
 
+def is_incus(client: pylxd.Client) -> bool:
+    return client.host_info.get("environment", {}).get("server") == "incus"
+
+
+def exec_logs(client: pylxd.Client, name: str) -> Any:
+    """The API folder of an instance's exec output logs: LXD keeps them among its logs, Incus apart."""
+    logs = client.api.instances[name].logs
+    return logs["exec-output"] if is_incus(client) else logs
+
+
+def exec_log_names(client: pylxd.Client, name: str) -> list[str]:
+    """The exec output logs an instance has (Incus has no folder for them until a command ran)."""
+    try:
+        urls = listing(exec_logs(client, name), recursion=False)
+    except LXDAPIException as exc:
+        if isinstance(exc, NotFound) or "no such file or directory" in api_error(exc):
+            return []
+        raise
+    return [log for log in (url.rsplit("/", 1)[-1] for url in urls) if log.startswith("exec_")]
+
+
 def purge_exec_logs(client: pylxd.Client, name: str) -> None:
     """Delete the exec output logs LXD keeps for an instance (LXD 5.0 leaves its log folder behind)."""
-    node = client.api.instances[name]
-    for url in node.logs.get().json()["metadata"]:
-        log = url.rsplit("/", 1)[-1]
-        if log.startswith("exec_"):
-            node.logs[log].delete()
+    folder = exec_logs(client, name)
+    for log in exec_log_names(client, name):
+        folder[log].delete()
 
 
 def stop_and_delete(client: pylxd.Client, name: str, status: str) -> None:
@@ -302,7 +334,7 @@ def delete_kept_instance(client: pylxd.Client, name: str) -> None:
 
 def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:
     """Names of instances this session created (tag checked)."""
-    records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    records = listing(client.api.instances)
     return [r["name"] for r in records if identity.owns(r.get("config") or {}, CREATED_KEY)]
 
 

@@ -188,9 +188,10 @@ class InterruptGuard:
         lines = ["", "lxdsnap: second Ctrl-C: cleanup stopped. To finish it, run:", "  lxdsnap gc"]
         if lxd is not None:
             lines.append("(it restores these from their baselines and deletes this session's clones; by hand:")
-            lines += [f"  lxc restore {t.instance} {t.snapshot} && lxc delete {t.instance}/{t.snapshot}"
+            cmd = lxd.commands
+            lines += [f"  {cmd.restore(t.instance, t.snapshot)} && {cmd.delete_snapshot(t.instance, t.snapshot)}"
                       for t in lxd.tracked.values() if not t.declared]
-            lines += [f"  lxc delete --force {t.instance}" for t in lxd.tracked.values() if t.declared]
+            lines += [f"  {cmd(f'delete --force {t.instance}')}" for t in lxd.tracked.values() if t.declared]
             lines.append(")")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()

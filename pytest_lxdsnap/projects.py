@@ -44,7 +44,7 @@ def create(client: pylxd.Client, identity: SessionIdentity) -> str:
 
 def session_projects(client: pylxd.Client) -> list[dict[str, Any]]:
     """Every project a session created (carries a session tag)."""
-    records = client.api.projects.get(params={"recursion": 1}).json()["metadata"]
+    records = lxdapi.listing(client.api.projects)
     return [r for r in records if parse_tag((r.get("config") or {}).get(CREATED_KEY)) is not None]
 
 
@@ -56,7 +56,7 @@ def delete(client: pylxd.Client, name: str, creator: SessionIdentity) -> list[st
     for name_ in lxdapi.owned_instances(inside, creator):
         lxdapi.delete_owned_instance(inside, name_, creator)
         done.append(f"deleted instance {name_} (project {name})")
-    records = inside.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    records = lxdapi.listing(inside.api.instances)
     left = [r["name"] for r in records]
     if left:
         return [*done, f"kept project {name}: it still holds {', '.join(left)}"]

@@ -195,8 +195,8 @@ class Garbage:
 def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garbage]:
     """Everything on the server that belongs to dead sessions (or kept states past their expiry)."""
     now = time.time() if now is None else now
-    records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
-    profiles = client.api.profiles.get(params={"recursion": 1}).json()["metadata"]
+    records = lxdapi.listing(client.api.instances)
+    profiles = lxdapi.listing(client.api.profiles)
     leases = {p["name"]: p.get("config") or {} for p in profiles if p["name"].startswith(SESSION_PROFILE_PREFIX)}
     verdicts: dict[SessionIdentity, tuple[bool, str]] = {}
 

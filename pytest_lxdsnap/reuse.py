@@ -56,7 +56,7 @@ def has_baseline(client: pylxd.Client, name: str) -> bool:
 
 def stale(client: pylxd.Client, spec: ContainerSpec, current: str) -> list[str]:
     """Kept builds of ``spec`` other than ``current`` (its declaration changed since), not held by anyone."""
-    records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    records = lxdapi.listing(client.api.instances)
     return [r["name"] for r in records if is_kept(r) and r["name"] != current
             and r["name"].startswith(f"{REUSE_PREFIX}{spec.name}-")
             and r["name"][len(REUSE_PREFIX) + len(spec.name) + 1:].isalnum()
@@ -82,7 +82,7 @@ def publish(endpoint: Endpoint, name: str, alias: str | None = None) -> tuple[st
     """Publish the baseline of the kept container declared as ``name`` as a local image; (fingerprint, alias)."""
     client = connect(endpoint)
     alias = alias or f"lxdsnap/{name}"
-    records = client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    records = lxdapi.listing(client.api.instances)
     kept = sorted((r for r in records if is_kept(r) and r["name"].startswith(f"{REUSE_PREFIX}{name}-")),
                   key=lambda r: r["created_at"])
     if not kept:

@@ -21,6 +21,7 @@ from pylxd.exceptions import NotFound
 
 from . import lxdapi, ports, projects, recovery, reuse
 from .clones import ClonePool
+from .commands import Commands
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
 from .execution import exec_command, purge_unread_logs
@@ -157,6 +158,7 @@ class LxdSession:
         self._client: pylxd.Client | None = None
         self._own: pylxd.Client | None = None  # --lxd-project auto: the session's own project
         self._own_lock = threading.Lock()
+        self.commands = Commands()  # the lxc (or incus) command lines messages show; set on connect
         self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -193,6 +195,7 @@ class LxdSession:
             raise ConfigError("--lxd-reuse keeps declared containers between runs, but --lxd-project auto deletes "
                               "the session's project at the end: name a project (--lxd-project NAME) to reuse")
         client = connect(replace(self.endpoint, project=None) if self.auto_project else self.endpoint)
+        self.commands = Commands(incus=lxdapi.is_incus(client))
         self._check_specs(client)
         self._client = client
 
@@ -200,9 +203,9 @@ class LxdSession:
         if not self.specs:
             return
         self._check_targets(client)
-        pools = [p["name"] for p in client.api.storage_pools.get(params={"recursion": 1}).json()["metadata"]]
-        profiles = [p.rsplit("/", 1)[-1] for p in client.api.profiles.get().json()["metadata"]]
-        images = client.api.images.get(params={"recursion": 1}).json()["metadata"]
+        pools = [p["name"] for p in lxdapi.listing(client.api.storage_pools)]
+        profiles = [p.rsplit("/", 1)[-1] for p in lxdapi.listing(client.api.profiles, recursion=False)]
+        images = lxdapi.listing(client.api.images)
         aliases = sorted(a["name"] for img in images for a in img.get("aliases") or [])
         for spec in self.specs.values():
             path = f"[{TABLE}.containers.{spec.name}]"
@@ -223,7 +226,7 @@ class LxdSession:
                 raise ConfigError(
                     f"{path} image: no local image {spec.image!r}; valid choices: "
                     f"{', '.join(aliases) or 'none'}. `lxdsnap setup` imports lxdsnap/busybox; "
-                    "`lxc image import FILE --alias NAME` adds your own")
+                    f"`{self.commands('image import FILE --alias NAME')}` adds your own")
 
     def _check_targets(self, client: pylxd.Client) -> None:
         """Every cluster member a declaration names exists (and the server is a cluster at all)."""
@@ -236,7 +239,7 @@ class LxdSession:
                 f"[{TABLE}.containers.{name}] target: {target!r} names a cluster member, but LXD at "
                 f"{self.endpoint.describe()} is a standalone server, not a cluster. Remove `target`, or point "
                 "--lxd-endpoint at a member of the cluster")
-        members = [m["server_name"] for m in client.api.cluster.members.get(params={"recursion": 1}).json()["metadata"]]
+        members = [m["server_name"] for m in lxdapi.listing(client.api.cluster.members)]
         for name, target in sorted(wanted):
             if target not in members:
                 raise ConfigError(f"[{TABLE}.containers.{name}] target: no cluster member {target!r} at "
@@ -372,7 +375,8 @@ class LxdSession:
             pool, _ = lxdapi.root_pool(client, lxdapi.get_instance(client, name))
         except (*LXD_FAULTS, NotFound):
             pool = self.specs[name].pool if name in self.specs else None
-        return (f"\nThe storage pool {pool or '(unknown)'!r} is full: free space in it (`lxc storage info {pool}`), "
+        info = self.commands(f"storage info {pool}")
+        return (f"\nThe storage pool {pool or '(unknown)'!r} is full: free space in it (`{info}`), "
                 "or move the container to a bigger pool. Nothing was changed.")
 
     def _wait_for_launch(self, name: str, future: Future[Tracked]) -> Tracked:
@@ -448,7 +452,7 @@ class LxdSession:
                 f"pool {tracked.pool!r} uses the dir driver: every snapshot and clone copies the whole rootfs "
                 f"(the baseline of {tracked.name!r} took {tracked.snapshot_seconds:.2f} s) and each reset is a "
                 "full restore, so 'auto' resets in place. A copy-on-write pool makes both near-instant: "
-                "`lxc storage create fast btrfs size=8GiB`, then `pool = \"fast\"` in "
+                f"`{self.commands('storage create fast btrfs size=8GiB')}`, then `pool = \"fast\"` in "
                 f"[{TABLE}.containers.<name>] (run `lxdsnap doctor` to see the pools)"
             )
 
@@ -461,7 +465,7 @@ class LxdSession:
             raise ContainerNotFound(
                 f"container {name!r} is neither declared nor an existing instance at {self.endpoint.describe()}. "
                 f"Declare it in pyproject.toml:\n  [{TABLE}.containers.{name}]\n  image = \"lxdsnap/busybox\"\n"
-                f"or create it: lxc launch <image> {name}"
+                f"or create it: {self.commands(f'launch <image> {name}')}"
             ) from None
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
         start = time.perf_counter()
@@ -643,9 +647,9 @@ class LxdSession:
         except (*LXD_FAULTS, LxdSnapError) as exc:
             tracked.broken = (
                 f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
-                f"{describe(exc)}\nThe snapshot is kept for recovery. Inspect: `lxc info {instance}`; "
-                f"restore by hand: `lxc restore {instance} {snapshot}`, or run `lxdsnap gc` once this session "
-                "has ended"
+                f"{describe(exc)}\nThe snapshot is kept for recovery. Inspect: `{self.commands(f'info {instance}')}`; "
+                f"restore by hand: `{self.commands.restore(instance, snapshot)}`, or run `lxdsnap gc` once this "
+                "session has ended"
             )
             return tracked.broken
         tracked.dirty = False
@@ -667,7 +671,7 @@ class LxdSession:
         return lines
 
     def _keep(self, checkout: Checkout, test: str) -> str:
-        tracked, client = checkout.tracked, self.client_for(checkout.tracked.name)
+        tracked, client, cmd = checkout.tracked, self.client_for(checkout.tracked.name), self.commands
         self._kept_count += 1
         expires = time.time() + self.snapshot_ttl
         until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
@@ -676,8 +680,8 @@ class LxdSession:
             lxdapi.create_owned_snapshot(client, tracked.instance, snapshot, self.identity, self.snapshot_ttl)
             copy = f"{tracked.instance}-failed-{self._kept_count}"
             return (f"kept {tracked.name!r} of {test} as snapshot {tracked.instance}/{snapshot} (LXD deletes it "
-                    f"{until}). Inspect: lxc copy {tracked.instance}/{snapshot} {copy} && lxc start {copy} && "
-                    f"lxc exec {copy} -- sh; then lxc delete --force {copy}")
+                    f"{until}). Inspect: {cmd(f'copy {tracked.instance}/{snapshot} {copy}')} && "
+                    f"{cmd(f'start {copy}')} && {cmd(f'exec {copy} -- sh')}; then {cmd(f'delete --force {copy}')}")
         if checkout.strategy == "clone":
             kept, checkout.kept = checkout.instance, True
         else:  # the base goes at the end of the session: keep a copy of it
@@ -686,9 +690,9 @@ class LxdSession:
                     "profiles": list(self.specs[tracked.name].profiles)}
             lxdapi.wait(client, client.api.instances.post(json=body))
         recovery.mark_kept(client, kept, expires)
-        start = "" if checkout.strategy == "clone" else f"lxc start {kept} && "
+        start = "" if checkout.strategy == "clone" else f"{cmd(f'start {kept}')} && "
         return (f"kept {tracked.name!r} of {test} as instance {kept} (`lxdsnap gc` deletes it after {until}). "
-                f"Inspect: {start}lxc exec {kept} -- sh; lxc delete --force {kept} when done")
+                f"Inspect: {start}{cmd(f'exec {kept} -- sh')}; {cmd(f'delete --force {kept}')} when done")
 
     # -- cleaning up ---------------------------------------------------------------------------
     def finish(self, keep: Iterable[str] = ()) -> list[Leftover]:
@@ -780,7 +784,7 @@ class LxdSession:
         for name in lxdapi.owned_instances(self._own or client, self.identity):
             found.append(Leftover(name, f"instance {name}"))
         if self._own is not None and self._own.project in {p["name"] for p in projects.session_projects(client)}:
-            if not self._own.api.instances.get().json()["metadata"]:  # else it holds kept states, on purpose
+            if not lxdapi.listing(self._own.api.instances, recursion=False):  # else it holds kept states
                 found.append(Leftover("session", f"project {self._own.project}"))
         for tracked in self.tracked.values():
             if tracked.declared and not tracked.kept:

@@ -6,7 +6,10 @@ import datetime
 import fnmatch
 import os
 import secrets
+import shlex
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,8 @@ import pylxd
 import pytest
 
 from pytest_lxdsnap import lxdapi
+from pytest_lxdsnap.backends import BACKENDS, INCUS
+from pytest_lxdsnap.commands import Commands
 from pytest_lxdsnap.connection import Endpoint, connect, default_socket
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.image import IMAGE_ALIAS
@@ -29,14 +34,48 @@ addopts = "--strict-markers -p no:cacheprovider"
 """
 
 
+BACKEND = BACKENDS[os.environ.get("LXDSNAP_BACKEND", "lxd")]  # the daemon the suite runs against: lxd or incus
+COMMANDS = Commands(incus=BACKEND is INCUS)  # the command lines the plugin prints for it
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Against Incus: its socket for the plugin and pylxd ($LXD_DIR), and `lxc` on PATH runs `incus`, so the
+    checks from outside (here and in the pytester suites) read the same for both daemons."""
+    if BACKEND is INCUS and not hasattr(config, "workerinput"):
+        os.environ["LXD_DIR"] = os.path.dirname(INCUS.socket)
+        shim = Path(tempfile.mkdtemp(prefix="lxdsnap-incus-cli-"))
+        (shim / "lxc").write_text(f"#!/bin/sh\nexec {INCUS.cli} \"$@\"\n")
+        (shim / "lxc").chmod(0o755)
+        os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ['PATH']}"
+
+
+def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
+    """The lxdsnap command, as a user runs it, against the suite's daemon (`--incus` for Incus where it takes it)."""
+    if BACKEND is INCUS and args and args[0] in ("setup", "doctor", "gc"):
+        args = (args[0], "--incus", *args[1:])
+    elif BACKEND is INCUS and len(args) > 2 and args[2] in ("setup", "doctor", "gc"):  # after --endpoint PATH
+        args = (*args[:3], "--incus", *args[3:])
+    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.fixture(scope="session")
 def lxd_client() -> pylxd.Client:
-    """The real daemon. Tests that need LXD fail here when it is missing: run `make setup`."""
+    """The real daemon. Tests that need it fail here when it is missing: run `make setup` (`make setup-incus`)."""
+    setup = "lxdsnap setup --incus" if BACKEND is INCUS else "lxdsnap setup"
     try:
-        return connect(Endpoint())
+        client = connect(Endpoint())
     except LxdSnapError as exc:
-        pytest.fail(f"these tests need a real LXD daemon; run `make setup` (or `lxdsnap setup`) first.\n{exc}",
-                    pytrace=False)
+        pytest.fail(f"these tests need a real {BACKEND.name} daemon; run `{setup}` first.\n{exc}", pytrace=False)
+    server = client.host_info["environment"].get("server", "lxd")
+    if server != BACKEND.name:
+        pytest.fail(f"LXDSNAP_BACKEND={BACKEND.name}, but the daemon at {default_socket()} is {server}", pytrace=False)
+    return client
+
+
+def run_command(line: str) -> str:
+    """Run a command line the plugin printed (for lxc or incus), as a user would copy it."""
+    return subprocess.run(shlex.split(line), check=True, capture_output=True, text=True).stdout
 
 
 def lxc(*args: str) -> str:
@@ -79,7 +118,7 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def instance_names(client: pylxd.Client) -> set[str]:
-    return {i["name"] for i in client.api.instances.get(params={"recursion": 1}).json()["metadata"]}
+    return {i["name"] for i in lxdapi.listing(client.api.instances)}
 
 
 def snapshot_names(client: pylxd.Client, instance: str) -> list[str]:
@@ -125,7 +164,7 @@ def assert_summary(output: object, container: str, **cells: str) -> None:
 def plugin_leftovers(client: pylxd.Client) -> list[str]:
     """Every instance, snapshot or config key in LXD that a plugin session or these tests left behind."""
     found = []
-    for record in client.api.instances.get(params={"recursion": 1}).json()["metadata"]:
+    for record in lxdapi.listing(client.api.instances):
         name = record["name"]
         if name.startswith(("lxdsnap-", TEST_PREFIX)):
             found.append(f"instance {name}")
@@ -133,9 +172,9 @@ def plugin_leftovers(client: pylxd.Client) -> list[str]:
         if any(k.startswith("user.lxdsnap.") for k in record["config"]):
             found.append(f"config user.lxdsnap.* on {name}")
         found += [f"snapshot {name}/{s}" for s in snapshot_names(client, name) if s.startswith("lxdsnap-")]
-    found += [f"profile {p['name']}" for p in client.api.profiles.get(params={"recursion": 1}).json()["metadata"]
+    found += [f"profile {p['name']}" for p in lxdapi.listing(client.api.profiles)
               if p["name"].startswith("lxdsnap-session-")]
-    found += [f"project {p['name']}" for p in client.api.projects.get(params={"recursion": 1}).json()["metadata"]
+    found += [f"project {p['name']}" for p in lxdapi.listing(client.api.projects)
               if p["name"].startswith(("lxdsnap-", TEST_PREFIX))]
     return found
 
@@ -202,7 +241,7 @@ def https_lxd(lxd_client: pylxd.Client, tmp_path_factory: pytest.TempPathFactory
         address = HTTPS_ADDRESS
         lxdapi.wait(lxd_client, lxd_client.api.patch(json={"config": {"core.https_address": address}}))
     cert, key = make_certificate(folder, "trusted")
-    with open(cert, "rb") as fh:
+    with open(cert, "rb") as fh, lxdapi.quiet_pylxd():
         trusted = lxd_client.certificates.create(password="", cert_data=fh.read())
     socket_dir = os.path.dirname(default_socket())
     try:

@@ -7,11 +7,13 @@ import sys
 
 import pytest
 
-from .conftest import PYPROJECT, snapshot_names, user_config
+from pytest_lxdsnap import lxdapi
+
+from .conftest import COMMANDS, PYPROJECT, snapshot_names, user_config
 
 
 def instances(client) -> list[dict]:
-    return client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    return lxdapi.listing(client.api.instances)
 
 
 def test_marker_naming_an_unknown_container_errors_before_the_body(suite, lxd_client):
@@ -28,7 +30,7 @@ def test_marker_naming_an_unknown_container_errors_before_the_body(suite, lxd_cl
     result.stdout.fnmatch_lines([
         "*container 'no-such-container' is neither declared nor an existing instance at unix socket *",
         "*[[]tool.lxdsnap.containers.no-such-container]*",
-        "*lxc launch <image> no-such-container*",
+        f"*{COMMANDS.tool} launch <image> no-such-container*",
     ])
     result.stdout.no_fnmatch_line("*the body must not run*")
     assert instances(lxd_client) == before
@@ -206,8 +208,8 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
         result.assert_outcomes(passed=1, errors=1)
         result.stdout.fnmatch_lines([
             f"*resetting container '{name}' (instance {name}) to snapshot lxdsnap-*-base failed: *",
-            f"*The snapshot is kept for recovery. Inspect: `lxc info {name}`; restore by hand: "
-            f"`lxc restore {name} lxdsnap-*-base`, or run `lxdsnap gc` once this session has ended",
+            f"*The snapshot is kept for recovery. Inspect: `{COMMANDS.tool} info {name}`; restore by hand: "
+            f"`{COMMANDS.restore(name, 'lxdsnap-*-base')}`, or run `lxdsnap gc` once this session has ended",
             "PROBLEM resetting container*",
         ])
         assert result.ret != 0

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
-
-def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+from .conftest import lxdsnap
 
 
 def test_doctor_reports_a_ready_host(lxd_client):

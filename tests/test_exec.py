@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_lxdsnap import lxdapi
 from pytest_lxdsnap.errors import ExecError, ExecTimeout
+from pytest_lxdsnap.execution import exec_command
 from pytest_lxdsnap.handle import Container
 
 
@@ -88,8 +90,12 @@ def test_timeout(box):
 def test_exec_logs_are_cleaned_up(box, lxd_client):
     for _ in range(3):
         box.exec(["true"])
-    logs = lxd_client.api.instances[box.instance_name].logs.get().json()["metadata"]
-    assert not [log for log in logs if "exec_" in log]
+    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []
+    exec_command(lxd_client, box.instance_name, ["echo", "kept"], keep_logs=True)
+    kept = lxdapi.exec_log_names(lxd_client, box.instance_name)
+    assert kept and all(log.startswith("exec_") for log in kept)  # the check above sees logs when there are
+    lxdapi.purge_exec_logs(lxd_client, box.instance_name)
+    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []
 
 
 def test_files_text_bytes_and_errors(box):

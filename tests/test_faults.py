@@ -15,14 +15,20 @@ import pytest
 from pytest_lxdsnap import lxdapi
 from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY
 
-from .conftest import PYPROJECT, instance_names, lxc, lxc_exec_status, snapshot_names, user_config
+from .conftest import (
+    BACKEND,
+    COMMANDS,
+    PYPROJECT,
+    instance_names,
+    lxc,
+    lxc_exec_status,
+    lxdsnap,
+    run_command,
+    snapshot_names,
+    user_config,
+)
 
 DECLARED_WEB = PYPROJECT + '\n[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n'
-
-
-def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def start_session(path: Path, *args: str) -> subprocess.Popen[str]:
@@ -209,7 +215,7 @@ def test_second_ctrl_c_exits_at_once_with_the_recovery_command(pytester, make_in
         proc.communicate()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "lxdsnap: second Ctrl-C: cleanup stopped. To finish it, run:" in output
-    assert "  lxdsnap gc" in output and f"lxc restore {name} lxdsnap-" in output
+    assert "  lxdsnap gc" in output and f"{COMMANDS.restore(name, 'lxdsnap-')}" in output
     done = lxdsnap("gc")
     assert done.returncode == 0, done.stdout + done.stderr
     assert user_config(lxd_client, name) == found
@@ -218,15 +224,16 @@ def test_second_ctrl_c_exits_at_once_with_the_recovery_command(pytester, make_in
 
 
 def lxd_daemon_pid() -> int:
-    """The LXD daemon: the oldest process named lxd (its helpers, forkstart and callhook, come and go)."""
+    """The daemon: the oldest process named lxd or incusd (its helpers, forkstart and callhook, come and go)."""
+    comm = Path(BACKEND.daemon[0]).name
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "lxd":
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == comm:
                 found.append((int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19]), int(entry.name)))
         except OSError:
             continue
-    assert found, "no lxd process: is the daemon running?"
+    assert found, f"no {comm} process: is the daemon running?"
     return min(found)[1]
 
 
@@ -343,9 +350,9 @@ def test_keep_failed_keeps_each_state_with_the_commands_to_inspect_it(pytester, 
     result = pytester.runpytest("--lxd-keep-failed")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"KEPT kept '{name}' of *test_fails as snapshot {name}/lxdsnap-*-failed-1 (LXD "
-                                 f"deletes it *). Inspect: lxc copy {name}/lxdsnap-*-failed-1 *",
+                                 f"deletes it *). Inspect: {COMMANDS.tool} copy {name}/lxdsnap-*-failed-1 *",
                                  "KEPT kept 'web' of *test_fails as instance lxdsnap-web-* (`lxdsnap gc` deletes it "
-                                 "after *). Inspect: lxc exec lxdsnap-web-* -- sh*"])
+                                 f"after *). Inspect: {COMMANDS.tool} exec lxdsnap-web-* -- sh*"])
     kept_snapshot = next(s for s in snapshot_names(lxd_client, name) if "-failed-" in s)
     kept = next(n for n in instance_names(lxd_client) if n.startswith("lxdsnap-web-"))
     try:
@@ -357,14 +364,14 @@ def test_keep_failed_keeps_each_state_with_the_commands_to_inspect_it(pytester, 
     finally:
         if kept in instance_names(lxd_client):
             lxc("delete", "--force", kept)
-        lxc("delete", f"{name}/{kept_snapshot}")
+        run_command(COMMANDS.delete_snapshot(name, kept_snapshot))
 
 
 def test_user_objects_named_like_the_plugins_are_never_touched(pytester, lxd_client):
     lookalike = "lxdsnap-web-deadbeef-1"  # the shape of a plugin clone, but the user's
     lxc("init", "lxdsnap/busybox", lookalike)
     try:
-        lxc("snapshot", lookalike, "lxdsnap-deadbeef-base")  # the shape of a plugin baseline
+        run_command(COMMANDS.snapshot(lookalike, "lxdsnap-deadbeef-base"))  # the shape of a plugin baseline
         assert "nothing left by dead sessions" in lxdsnap("gc").stdout
         pytester.makefile(".toml", pyproject=DECLARED_WEB)
         pytester.makepyfile("""

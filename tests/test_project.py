@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +11,7 @@ from pytest_lxdsnap import lxdapi, projects
 from pytest_lxdsnap.image import IMAGE_ALIAS
 from pytest_lxdsnap.ownership import CREATED_KEY, SessionIdentity
 
-from .conftest import PYPROJECT, assert_summary, lxc, snapshot_names, user_config
+from .conftest import PYPROJECT, assert_summary, lxc, lxdsnap, snapshot_names, user_config
 
 
 @pytest.fixture
@@ -109,10 +107,10 @@ def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
             "config": {CREATED_KEY: dead.tag()}}
     lxdapi.wait(inside, inside.api.instances.post(json=body))
     try:
-        dry = lxdsnap("gc", "--dry-run")
+        dry = lxdsnap("gc", "--dry-run").stdout
         assert f"would clean project {project}: of session {dead.token}, dead" in dry
         assert session_projects() == [project]
-        done = lxdsnap("gc")
+        done = lxdsnap("gc").stdout
         assert f"deleted instance lxdsnap-web-dead (project {project})" in done
         assert f"deleted project {project}" in done
     finally:
@@ -120,10 +118,6 @@ def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
             projects.delete(lxd_client, project, dead)
     assert session_projects() == []
 
-
-def lxdsnap(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
-                          check=True).stdout
 
 
 def test_reuse_needs_a_named_project(suite):

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import PYPROJECT, assert_summary, instance_names, lxc, snapshot_names, user_config
+from .conftest import COMMANDS, PYPROJECT, assert_summary, instance_names, lxc, snapshot_names, user_config
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -226,7 +226,7 @@ def test_auto_resets_in_place_on_a_dir_pool_and_says_why(pytester, lxd_client, d
     assert_summary(result, "web", resets="4", strategies="inplace 4", leftovers="0")
     result.stdout.fnmatch_lines([
         f"NOTE pool '{dir_pool}' uses the dir driver: every snapshot and clone copies the whole rootfs (the "
-        "baseline of 'web' took * s)*`lxc storage create fast btrfs size=8GiB`*",
+        f"baseline of 'web' took * s)*`{COMMANDS.tool} storage create fast btrfs size=8GiB`*",
     ])
     assert result.stdout.str().count("NOTE pool") == 1
 
@@ -261,5 +261,4 @@ def test_a_timed_out_exec_leaves_no_output_logs_on_an_existing_container(suite, 
     """)
     result = suite.runpytest()
     result.assert_outcomes(passed=1)
-    logs = lxd_client.api.instances[name].logs.get().json()["metadata"]
-    assert [log for log in logs if "exec_" in log] == []
+    assert lxdapi.exec_log_names(lxd_client, name) == []

@@ -4,6 +4,7 @@ The tutorial works on an existing container, `ubuntu-test`, with a snapshot of i
 `demo-ubuntu-test`, made from the offline lxdsnap/busybox image, with the user snapshot `ubuntu-test-1`.
 """
 
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,11 @@ NAME = "demo-ubuntu-test"
 MARK = "user.lxdsnap-demo"  # set on the container we create, so `delete` never removes someone else's
 
 
+CLI = "incus" if os.environ.get("LXDSNAP_BACKEND") == "incus" else "lxc"  # the suite's Incus run sets it
+
+
 def lxc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["lxc", *args], check=check, capture_output=True, text=True)
+    return subprocess.run([CLI, *args], check=check, capture_output=True, text=True)
 
 
 def exists() -> bool:
@@ -26,7 +30,7 @@ def create() -> None:
         lxc("delete", "--force", NAME)
     lxc("launch", "lxdsnap/busybox", NAME, "--config", f"{MARK}=true")
     lxc("exec", NAME, "--", "sh", "-c", "echo 'Welcome to the tutorial container' > /etc/motd")
-    lxc("snapshot", NAME, "ubuntu-test-1")
+    lxc(*(["snapshot", "create"] if CLI == "incus" else ["snapshot"]), NAME, "ubuntu-test-1")
     print(f"created {NAME} (running) with the user snapshot ubuntu-test-1")
 
 
