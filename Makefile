@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint bench soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint bench bench-transport soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -49,6 +49,10 @@ lint: install
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py --stop-hook both $(BENCH_ARGS)
+
+# HTTPS against the unix socket, for LXD and Incus (connect, exec, in-place reset, clone): medians, ratios.
+bench-transport: setup setup-incus
+	$(BIN)/python benchmarks/transport.py $(BENCH_ARGS)
 
 # 500 tests x 2 containers in one session: no leaked instances, snapshots, threads or fds, flat resets.
 soak: setup

@@ -122,6 +122,15 @@ class Leftover:
     what: str
 
 
+# config keys LXD and Incus name differently: key -> (whose name it is, the other daemon's name)
+RENAMED_KEYS = {
+    "security.devlxd": ("LXD", "security.guestapi"),
+    "security.devlxd.images": ("LXD", "security.guestapi.images"),
+    "security.guestapi": ("Incus", "security.devlxd"),
+    "security.guestapi.images": ("Incus", "security.devlxd.images"),
+}
+
+
 class LxdSession:
     """The containers of one test session on one LXD endpoint."""
 
@@ -557,7 +566,7 @@ class LxdSession:
             lxdapi.create_instance(client, body, target=target)
         except LXD_FAULTS as exc:
             raise LxdSnapError(f"launching declared container {spec.name!r} from image {spec.image!r} failed: "
-                               f"{describe(exc)}") from None
+                               f"{describe(exc)}{self._config_key_hint(spec, describe(exc))}") from None
         self.stages[spec.name] = "starting"
         lxdapi.set_power(client, instance, "start")
         for number, command in enumerate(spec.provision, 1):
@@ -578,6 +587,21 @@ class LxdSession:
         start = time.perf_counter()
         take_baseline()
         return time.perf_counter() - start
+
+    def _config_key_hint(self, spec: ContainerSpec, error: str) -> str:
+        """For a config key this server does not know: which server it is, and the other daemon's name for it."""
+        match = re.search(r"Unknown configuration key: (\S+)", error)
+        if not match:
+            return ""
+        key = match.group(1)
+        env = self.client.host_info.get("environment", {})
+        server = env.get("server", "lxd")
+        hint = (f"\n{server} {env.get('server_version', '')} at {self.endpoint.describe()} does not know config key "
+                f"{key!r} ([{TABLE}.containers.{spec.name}] config)")
+        renamed = RENAMED_KEYS.get(key)
+        if renamed:
+            hint += f": it is {renamed[0]}'s name, {server} calls it {renamed[1]!r}"
+        return hint + ". Remove or rename it; nothing was created."
 
     def _expiry(self) -> float:
         return time.time() + self.snapshot_ttl

@@ -176,6 +176,7 @@ def plugin_leftovers(client: pylxd.Client) -> list[str]:
               if p["name"].startswith("lxdsnap-session-")]
     found += [f"project {p['name']}" for p in lxdapi.listing(client.api.projects)
               if p["name"].startswith(("lxdsnap-", TEST_PREFIX))]
+    found += [f"trusted certificate {c['name']}" for c in suite_certificates(client)]
     return found
 
 
@@ -241,12 +242,18 @@ def https_lxd(lxd_client: pylxd.Client, tmp_path_factory: pytest.TempPathFactory
         address = HTTPS_ADDRESS
         lxdapi.wait(lxd_client, lxd_client.api.patch(json={"config": {"core.https_address": address}}))
     cert, key = make_certificate(folder, "trusted")
-    with open(cert, "rb") as fh, lxdapi.quiet_pylxd():
-        trusted = lxd_client.certificates.create(password="", cert_data=fh.read())
     socket_dir = os.path.dirname(default_socket())
     try:
+        with open(cert, "rb") as fh, lxdapi.quiet_pylxd():
+            lxd_client.certificates.create(password="", cert_data=fh.read(), name=f"{TEST_PREFIX}trusted")
         yield Https(f"https://{address}", cert, key, os.path.join(socket_dir, "server.crt"), folder)
     finally:
-        lxd_client.api.certificates[trusted.fingerprint].delete()
+        for record in suite_certificates(lxd_client):
+            lxd_client.api.certificates[record["fingerprint"]].delete()
         if address == HTTPS_ADDRESS:
             lxdapi.wait(lxd_client, lxd_client.api.patch(json={"config": {"core.https_address": ""}}))
+
+
+def suite_certificates(client: pylxd.Client) -> list[dict[str, object]]:
+    """Client certificates this suite made the server trust."""
+    return [c for c in lxdapi.listing(client.api.certificates) if str(c.get("name", "")).startswith(TEST_PREFIX)]

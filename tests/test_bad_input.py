@@ -9,7 +9,16 @@ import pytest
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import COMMANDS, PYPROJECT, snapshot_names, user_config
+from .conftest import BACKEND, COMMANDS, INCUS, PYPROJECT, instance_names, snapshot_names, user_config
+
+NEVER_RUNS = """
+import pytest
+
+
+@pytest.mark.lxd("{name}")
+def test_it(lxd):
+    raise AssertionError("the body must not run")
+"""
 
 
 def instances(client) -> list[dict]:
@@ -18,13 +27,7 @@ def instances(client) -> list[dict]:
 
 def test_marker_naming_an_unknown_container_errors_before_the_body(suite, lxd_client):
     before = instances(lxd_client)
-    suite.makepyfile("""
-        import pytest
-
-        @pytest.mark.lxd("no-such-container")
-        def test_it(lxd):
-            raise AssertionError("the body must not run")
-    """)
+    suite.makepyfile(NEVER_RUNS.format(name="no-such-container"))
     result = suite.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([
@@ -225,3 +228,24 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
     finally:
         if name not in lxc("list", "--format", "csv", "-c", "n").split():
             lxc("delete", "--force", moved)
+
+
+def test_a_config_key_only_the_other_daemon_knows_is_named_with_this_ones_name(pytester, lxd_client):
+    # LXD's security.devlxd is Incus's security.guestapi; each daemon refuses the other's name
+    lxd_name, incus_name = "security.devlxd", "security.guestapi"
+    key, ours = (lxd_name, incus_name) if BACKEND is INCUS else (incus_name, lxd_name)
+    before = instance_names(lxd_client)
+    pytester.makefile(".toml", pyproject=PYPROJECT + f"""
+[tool.lxdsnap.containers.web]
+image = "lxdsnap/busybox"
+config = {{ "{key}" = "false" }}
+""")
+    pytester.makepyfile(NEVER_RUNS.format(name="web"))
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        f"*launching declared container 'web' from image 'lxdsnap/busybox' failed: *Unknown configuration key: {key}*",
+        f"{BACKEND.name} * at unix socket * does not know config key '{key}' ([[]tool.lxdsnap.containers.web] config): "
+        f"it is *'s name, {BACKEND.name} calls it '{ours}'. Remove or rename it; nothing was created.",
+    ])
+    assert instance_names(lxd_client) == before

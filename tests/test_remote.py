@@ -3,11 +3,17 @@ whatever $REQUESTS_CA_BUNDLE says, and one clear message for each way the connec
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from .conftest import PYPROJECT, assert_summary, instance_names, lxc, make_certificate, snapshot_names, user_config
 
 DIRTIES = """
+import socket
+import threading
+
 import pytest
 
 
@@ -118,3 +124,29 @@ def test_an_unreachable_endpoint_names_it(pytester, https_lxd):
 ])
 def test_tls_options_that_do_not_fit_together(pytester, args, expected):
     assert expected in usage_error(pytester, *args)
+
+
+def test_a_refused_tls_handshake_names_the_endpoint(pytester, https_lxd):
+    with socket.socket() as server:  # on loopback: accepts, then hangs up before any TLS is spoken
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.2)
+        port, stop = server.getsockname()[1], threading.Event()
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    server.accept()[0].close()
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        try:
+            message = usage_error(pytester, f"--lxd-endpoint=https://127.0.0.1:{port}", f"--lxd-cert={https_lxd.cert}",
+                                  f"--lxd-key={https_lxd.key}", f"--lxd-server-cert={https_lxd.server_cert}")
+        finally:
+            stop.set()
+            thread.join()
+    assert f"the TLS handshake with https://127.0.0.1:{port} failed" in message
+    assert "Nothing was changed on the server" in message
