@@ -159,15 +159,14 @@ def tls_failure_message(endpoint: Endpoint, exc: BaseException) -> str:
 
 def untrusted_message(endpoint: Endpoint, cert: str | None) -> str:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
 
     if not cert:
         return (f"{endpoint.url} answered, but no client certificate was given: pass --lxd-cert and --lxd-key "
                 "(make a pair with `openssl req -x509 -newkey rsa:2048 -nodes -keyout client.key -out client.crt "
                 "-days 365 -subj /CN=lxdsnap`), then trust it on the server: `lxc config trust add client.crt`.")
     with open(cert, "rb") as fh:
-        parsed = x509.load_pem_x509_certificate(fh.read())
-    digest = parsed.fingerprint(hashes.SHA256()).hex()
+        pem = fh.read()
+    parsed, digest = x509.load_pem_x509_certificate(pem), fingerprint(pem)
     expired = parsed.not_valid_after_utc.timestamp() < time.time()
     why = " It expired on " + parsed.not_valid_after_utc.strftime("%Y-%m-%d") + ": make a new one." if expired else ""
     return (f"{endpoint.url} does not trust the client certificate {cert} (fingerprint {digest[:12]}).{why} "
@@ -203,7 +202,7 @@ def connect(endpoint: Endpoint) -> pylxd.Client:
             client = pylxd.Client(endpoint=url, project=endpoint.project, timeout=endpoint.timeout,
                                   session=session)
     except ClientConnectionFailed as exc:
-        if "SSL" in str(exc) or "ssl" in str(exc) or "ingerprint" in str(exc):
+        if any(word in str(exc).lower() for word in ("ssl", "fingerprint")):
             raise LxdUnreachable(f"LXD at {endpoint.describe()}: {tls_failure_message(endpoint, exc)}") from None
         raise LxdUnreachable(unreachable_message(endpoint, exc)) from None
     except requests.exceptions.SSLError as exc:

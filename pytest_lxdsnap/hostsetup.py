@@ -159,10 +159,9 @@ def setup(endpoint: Endpoint, log: Callable[[str], None] = print, pool_driver: s
 def doctor(endpoint: Endpoint, backend: Backend = LXD) -> list[Check]:
     """What is present, what is missing, and the fix for each."""
     setup_cmd = "lxdsnap setup --incus" if backend is not LXD else "lxdsnap setup"
-    how = setup_cmd if backend.backports else "apt-get install"
     checks = [
         Check(f"tool {tool}", _have(tool), "found" if _have(tool) else "missing",
-              how if backend.backports else f"{how} {pkg}")
+              setup_cmd if backend.backports else f"apt-get install {pkg}")  # backports: setup adds the source
         for tool, pkg in backend.packages.items()
     ]
     checks.append(Check("kernel btrfs", kernel_has_btrfs(), "available" if kernel_has_btrfs() else "not in "

@@ -294,7 +294,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl, identity=identity,
                      default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead,
                      lease_wait=settings.lease_wait, take_turns=worker is not None, reuse=settings.reuse,
-                     worker=int(worker.lstrip("gw") or 0) if worker and worker.lstrip("gw").isdigit() else 0)
+                     worker=int(worker[2:]) if worker and worker[2:].isdigit() else 0)  # "gw3" -> 3
     lxd.on_provision, lxd.on_ready = session_callbacks(session.config, lxd)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")

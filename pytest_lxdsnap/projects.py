@@ -53,9 +53,9 @@ def delete(client: pylxd.Client, name: str, creator: SessionIdentity) -> list[st
     what was done. Kept failed-test states stay (with the project) until they expire."""
     inside = in_project(client, name)
     done = []
-    for name_ in lxdapi.owned_instances(inside, creator):
-        lxdapi.delete_owned_instance(inside, name_, creator)
-        done.append(f"deleted instance {name_} (project {name})")
+    for instance in lxdapi.owned_instances(inside, creator):
+        lxdapi.delete_owned_instance(inside, instance, creator)
+        done.append(f"deleted instance {instance} (project {name})")
     records = lxdapi.listing(inside.api.instances)
     left = [r["name"] for r in records]
     if left:

@@ -183,13 +183,21 @@ def mark_kept(client: pylxd.Client, name: str, until: float) -> None:
             return
 
 
+GARBAGE_NOUNS = {"snapshot": "snapshot", "project": "project", "lease": "profile"}  # the rest are instances
+
+
 @dataclass
 class Garbage:
     """One thing a dead session left: what it is, why it is garbage, and how to clean it."""
 
-    what: str
+    kind: str  # created, held, kept, reuse (instances), snapshot, project or lease (a profile)
+    name: str  # the instance, instance/snapshot, project or profile
     why: str
     clean: Callable[[], list[str]]
+
+    @property
+    def what(self) -> str:
+        return f"{GARBAGE_NOUNS.get(self.kind, 'instance')} {self.name}"
 
 
 def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garbage]:
@@ -213,7 +221,7 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
         kept = config.get(KEPT_KEY)
         if kept is not None:
             if float(kept or 0) < now:
-                found.append(Garbage(f"instance {name}", "a kept failed-test state past its expiry",
+                found.append(Garbage("kept", name, "a kept failed-test state past its expiry",
                                      _then(partial(lxdapi.delete_kept_instance, client, name),
                                            f"deleted kept instance {name}")))
             continue
@@ -222,19 +230,19 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
             dead, why = verdict(created)
             if dead:
                 delete = partial(lxdapi.delete_owned_instance, client, name, created)
-                found.append(Garbage(f"instance {name}", f"created by session {created.token} on {created.host}, "
+                found.append(Garbage("created", name, f"created by session {created.token} on {created.host}, "
                                      f"which is dead ({why})", _then(delete, f"deleted instance {name}")))
             continue
         owner = parse_tag(config.get(OWNER_KEY))
         if reuse.is_kept(record):
             if owner is None or verdict(owner)[0]:
-                found.append(Garbage(f"instance {name}", "a declared container kept for reuse (--lxd-reuse)",
+                found.append(Garbage("reuse", name, "a declared container kept for reuse (--lxd-reuse)",
                                      _then(partial(reuse.delete_kept, client, name), f"deleted kept instance {name}")))
             continue
         if owner is not None:
             dead, why = verdict(owner)
             if dead:
-                found.append(Garbage(f"instance {name}", f"held by session {owner.token} on {owner.host}, which is "
+                found.append(Garbage("held", name, f"held by session {owner.token} on {owner.host}, which is "
                                      f"dead ({why}): restore its baseline", lambda n=name, o=owner:
                                      recover_instance(client, n, o)))
                 continue
@@ -245,20 +253,20 @@ def find_garbage(client: pylxd.Client, *, now: float | None = None) -> list[Garb
                 continue
             dead, why = verdict(tag)
             if dead:
-                found.append(Garbage(f"snapshot {name}/{snapshot['name']}", f"of session {tag.token}, dead ({why})",
+                found.append(Garbage("snapshot", f"{name}/{snapshot['name']}", f"of session {tag.token}, dead ({why})",
                                      _delete_snapshot(client, name, snapshot["name"], tag)))
     for project in projects.session_projects(client):
         creator = parse_tag(project["config"][CREATED_KEY])
         assert creator is not None
         dead, why = verdict(creator)
         if dead:
-            found.append(Garbage(f"project {project['name']}", f"of session {creator.token}, dead ({why}): delete "
+            found.append(Garbage("project", project["name"], f"of session {creator.token}, dead ({why}): delete "
                                  "its instances and the project", partial(projects.delete, client, project["name"],
                                                                          creator)))
     for profile, config in leases.items():
         holder = parse_tag(config.get(OWNER_KEY))
         if holder is not None and verdict(holder)[0]:
-            found.append(Garbage(f"profile {profile}", f"the lease of session {holder.token}, dead "
+            found.append(Garbage("lease", profile, f"the lease of session {holder.token}, dead "
                                  f"({verdict(holder)[1]})", _then(partial(close_lease, client, holder),
                                                                   f"deleted profile {profile}")))
     return found

@@ -278,10 +278,8 @@ class LxdSession:
             self.notices.append(f"looking for instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
             return
         for garbage in found:
-            ours = garbage.what.startswith("project ") or (
-                garbage.what.startswith("instance ") and "created by session" in garbage.why)
-            held = garbage.what.startswith("instance ") and garbage.what.split()[1] in (also_held or [])
-            if not (ours or held or garbage.what.startswith("profile ")):
+            held = garbage.kind == "held" and garbage.name in (also_held or [])
+            if not (held or garbage.kind in ("created", "project", "lease")):
                 continue
             try:
                 self.notices.extend(f"{line} ({garbage.why})" for line in garbage.clean())
