@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p_gc = sub.add_parser("gc", parents=[incus], help="Restore and remove what dead lxdsnap sessions left "
                           "(instances, snapshots, tags, kept states past their expiry); live sessions stay untouched")
     p_gc.add_argument("--dry-run", action="store_true", help="Only list what would be done")
+    p_gc.add_argument("--foreign", action="store_true",
+                      help="Also clean copies the user made of lxdsnap's instances (`lxc copy`): remove the lxdsnap "
+                           "keys and snapshots they carry (never the copies themselves)")
     p_pub = sub.add_parser("publish", help="Publish the baseline of a declared container kept by --lxd-reuse as a "
                            "local image (other hosts or CI caches can start from it)")
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                   pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend)
             return 0
         if args.command == "gc":
-            return collect_garbage(endpoint, dry_run=args.dry_run)
+            return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)
         if args.command == "publish":
             from .reuse import publish
 
@@ -73,28 +76,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c.ok or c.advisory for c in checks) else 1
 
 
-def collect_garbage(endpoint: Endpoint, *, dry_run: bool) -> int:
+def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False) -> int:
+    """Clean what dead sessions left. gc is a session of its own: it holds a lease while it runs and
+    claims (If-Match) each instance before it recovers it, so it never races a live session."""
     from .connection import connect
+    from .garbage import find_garbage
+    from .leases import close_lease, open_lease
     from .lxdapi import LXD_FAULTS, describe
-    from .recovery import find_garbage
+    from .ownership import SessionIdentity
 
     client = connect(endpoint)
-    found = find_garbage(client)
-    if not found:
-        print("lxdsnap gc: nothing left by dead sessions")
-        return 0
-    failed = 0
-    for garbage in found:
-        print(f"{'would clean' if dry_run else 'cleaning'} {garbage.what}: {garbage.why}")
-        if dry_run:
-            continue
-        try:
-            for line in garbage.clean():
-                print(f"  {line}")
-        except (*LXD_FAULTS, LxdSnapError) as exc:
-            failed += 1
-            print(f"  FAILED: {describe(exc)}", file=sys.stderr)
-    return 1 if failed else 0
+    identity = SessionIdentity()
+    if not dry_run:
+        open_lease(client, identity)
+    try:
+        found = find_garbage(client, identity)
+        cleaning = [g for g in found if g.kind != "foreign" or foreign]
+        if not found:
+            print("lxdsnap gc: nothing left by dead sessions")
+            return 0
+        failed = 0
+        for garbage in found:
+            if garbage not in cleaning:
+                print(f"foreign {garbage.what}: {garbage.why}")
+                continue
+            print(f"{'would clean' if dry_run else 'cleaning'} {garbage.what}: {garbage.why}")
+            if dry_run:
+                continue
+            try:
+                for line in garbage.clean():
+                    print(f"  {line}")
+            except (*LXD_FAULTS, LxdSnapError) as exc:
+                failed += 1
+                print(f"  FAILED: {describe(exc)}", file=sys.stderr)
+        if not cleaning:
+            print("lxdsnap gc: nothing left by dead sessions")
+        return 1 if failed else 0
+    finally:
+        if not dry_run:
+            close_lease(client, identity)
 
 
 if __name__ == "__main__":

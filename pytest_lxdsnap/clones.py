@@ -105,7 +105,7 @@ class ClonePool:
             "source": {"type": "copy", "source": f"{self.base}/{self.snapshot}", "instance_only": True},
             "profiles": list(self.profiles),
             # this session's tags, whatever the snapshot carries (a kept baseline carries none)
-            "config": {CREATED_KEY: self.identity.tag(), OWNER_KEY: self.identity.tag()},
+            "config": dict.fromkeys((CREATED_KEY, OWNER_KEY), self.identity.tag(lxdapi.where(self._client, name))),
         }
         try:
             lxdapi.create_instance(self._client, body, target=self.target)  # beside the base: a CoW copy

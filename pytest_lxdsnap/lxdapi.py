@@ -13,7 +13,8 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pylxd
@@ -29,6 +30,8 @@ from .ownership import (
     SessionIdentity,
     is_kept_snapshot_name,
     is_plugin_snapshot_name,
+    kept_until,
+    place,
 )
 
 RUNNING = "Running"
@@ -139,6 +142,23 @@ def when_idle(call: Callable[[], Any], busy_wait: float = BUSY_WAIT, also: tuple
         time.sleep(0.2)
 
 
+def settle(client: pylxd.Client, name: str, timeout: float = BUSY_WAIT) -> None:
+    """Wait (up to ``timeout``) for the operations running on instance ``name`` to end: a session that died
+    mid-reset leaves its restore running in LXD, and a second restore over it fails ("In use")."""
+    deadline = time.monotonic() + timeout
+    suffix = f"/instances/{name}"
+    while time.monotonic() < deadline:
+        running = (client.api.operations.get(params={"recursion": 1}).json()["metadata"] or {}).get("running") or []
+        mine = [op for op in running if any(url.split("?")[0].endswith(suffix)
+                                            for urls in (op.get("resources") or {}).values() for url in urls or [])]
+        if not mine:
+            return
+        try:
+            client.api.operations[mine[0]["id"]].wait.get(params={"timeout": 1}, timeout=10)
+        except LXDAPIException:
+            time.sleep(0.2)  # gone meanwhile, or Incus's "deadline exceeded": look again
+
+
 def create_instance(client: pylxd.Client, body: dict[str, Any], *, target: str | None = None) -> None:
     """Create an instance (``POST /1.0/instances``), on cluster member ``target`` when given."""
     try:
@@ -157,6 +177,24 @@ def listing(node: Any, *, recursion: bool = True) -> list[Any]:
     an empty one with ``null`` where LXD answers ``[]``."""
     response = node.get(params={"recursion": 1}) if recursion else node.get()
     return response.json()["metadata"] or []
+
+
+def where(client: pylxd.Client, name: str) -> str:
+    """The place an instance's tags are bound to: ``project/name``."""
+    return place(getattr(client, "project", None), name)
+
+
+def response_time(response: Any) -> float:
+    """The server's clock when it answered (its ``Date`` header; ours when it sent none)."""
+    try:
+        return parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
+
+
+def server_now(client: pylxd.Client) -> float:
+    """The server's clock now (to a second): leases and snapshot expiries are judged by it, not ours."""
+    return response_time(client.api.get())
 
 
 def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
@@ -234,20 +272,24 @@ def create_owned_snapshot(
     """
     if not is_plugin_snapshot_name(snapshot):
         raise ValueError(f"refusing to create a snapshot without the plugin prefix: {snapshot!r}")
-    if not identity.owns(get_instance(client, instance)["config"]):
+    response = client.api.instances[instance].get()
+    if not identity.owns(response.json()["metadata"]["config"], where(client, instance)):
         raise OwnershipError(f"instance {instance!r} does not carry this session's {OWNER_KEY} tag")
-    body = {"name": snapshot, "stateful": False, "expires_at": expiry(ttl)}
+    body = {"name": snapshot, "stateful": False, "expires_at": expiry(ttl, response_time(response))}
     when_idle(lambda: wait(client, client.api.instances[instance].snapshots.post(json=body)))
 
 
-def expiry(ttl: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
+def expiry(ttl: float, now: float) -> str:
+    """``expires_at`` for ``ttl`` seconds after ``now`` (the server's clock: LXD expires by it)."""
+    return datetime.fromtimestamp(now + ttl, UTC).isoformat()
 
 
-def extend_snapshot_expiry(client: pylxd.Client, instance: str, snapshot: str, ttl: float) -> None:
-    """Move a snapshot's expiry to ``ttl`` seconds from now (a long session keeps its baseline)."""
+def extend_snapshot_expiry(client: pylxd.Client, instance: str, snapshot: str, ttl: float) -> float:
+    """Move a snapshot's expiry to ``ttl`` seconds from now (server's clock); the new expiry."""
+    until = server_now(client) + ttl
     when_idle(lambda: wait(client, client.api.instances[instance].snapshots[snapshot].put(
-        json={"expires_at": expiry(ttl)})))
+        json={"expires_at": expiry(0, until)})))
+    return until
 
 
 def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *, timeout: float = 120) -> None:
@@ -263,7 +305,7 @@ def snapshot_is_owned(client: pylxd.Client, instance: str, snapshot: str, identi
         record = client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]
     except NotFound:
         return False
-    return identity.owns(record.get("config") or {})
+    return identity.owns(record.get("config") or {}, where(client, instance))
 
 
 def delete_owned_snapshot(client: pylxd.Client, instance: str, snapshot: str, identity: SessionIdentity) -> None:
@@ -283,14 +325,14 @@ def owned_snapshots(client: pylxd.Client, instance: str, identity: SessionIdenti
         s["name"]
         for s in list_snapshots(client, instance)
         if is_plugin_snapshot_name(s["name"]) and not is_kept_snapshot_name(s["name"])
-        and identity.owns(s.get("config") or {})
+        and identity.owns(s.get("config") or {}, where(client, instance))
     ]
 
 
 def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIdentity) -> None:
     """Stop and delete an instance this session created; refuses any other instance."""
     record = get_instance(client, name)
-    if not identity.owns(record["config"], CREATED_KEY):
+    if not identity.owns(record["config"], where(client, name), CREATED_KEY):
         raise OwnershipError(f"refusing to delete instance {name!r}: this session did not create it")
     purge_exec_logs(client, name)
     stop_and_delete(client, name, record["status"])
@@ -334,7 +376,8 @@ def stop_and_delete(client: pylxd.Client, name: str, status: str) -> None:
 def delete_kept_instance(client: pylxd.Client, name: str) -> None:
     """Delete an instance kept after a failed test (it carries the kept key and the plugin prefix)."""
     record = get_instance(client, name)
-    if KEPT_KEY not in record["config"] or not name.startswith(INSTANCE_PREFIX):
+    kept = record["config"].get(KEPT_KEY)
+    if kept is None or kept_until(kept, where(client, name)) is None or not name.startswith(INSTANCE_PREFIX):
         raise OwnershipError(f"refusing to delete instance {name!r}: it is not a kept lxdsnap state")
     purge_exec_logs(client, name)
     stop_and_delete(client, name, record["status"])
@@ -343,7 +386,7 @@ def delete_kept_instance(client: pylxd.Client, name: str) -> None:
 def owned_instances(client: pylxd.Client, identity: SessionIdentity) -> list[str]:
     """Names of instances this session created (tag checked)."""
     records = listing(client.api.instances)
-    return [r["name"] for r in records if identity.owns(r.get("config") or {}, CREATED_KEY)]
+    return [r["name"] for r in records if identity.owns(r.get("config") or {}, where(client, r["name"]), CREATED_KEY)]
 
 
 

@@ -1,8 +1,10 @@
 """Who owns what: the tags the plugin stores in LXD so its objects are never mistaken for the user's.
 
-A session writes its identity (random token, host, pid, boot id, start time) into the config key
-``user.lxdsnap.owner`` of every instance it creates or snapshots. LXD copies instance config into a
-snapshot, so each plugin snapshot carries the tag as well; a destructive call checks it first.
+A session writes its identity (random token, host, machine id, boot id, PID namespace, pid and the
+process's start time) into the config key ``user.lxdsnap.owner`` of every instance it creates or holds.
+Each tag is *bound* to the object it was written on (``project/instance``, or a profile or project
+name): LXD copies config into snapshots and into copies the user makes (``lxc copy``), and a tag bound to
+another place marks such a copy, which is never the plugin's to delete, restore or sweep.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ CREATED_KEY = "user.lxdsnap.created"
 """Config key on instances the plugin launched itself: only those may ever be deleted."""
 
 LEASE_KEY = "user.lxdsnap.lease"
-"""Config key of a session's lease profile: until when (epoch seconds) the session counts as alive."""
+"""Config key of a session's lease profile: until when (epoch seconds, the server's clock) it is alive."""
 
 SESSION_PROFILE_PREFIX = "lxdsnap-session-"
 """A live session keeps a profile ``lxdsnap-session-<token>`` (used by no instance) holding its lease, so
@@ -31,8 +33,12 @@ renewing it never touches an instance a test is using."""
 POWER_KEY = "user.lxdsnap.power"
 """Config key: the power state an existing instance had when a session took it (Running/Stopped)."""
 
+EPHEMERAL_KEY = "user.lxdsnap.ephemeral"
+"""Config key: the instance was ephemeral when a session took it. The flag is off while the session
+holds it (LXD deletes an ephemeral instance when it stops) and is put back when the session lets go."""
+
 KEPT_KEY = "user.lxdsnap.kept"
-"""Config key on an instance kept after a failed test (--lxd-keep-failed): when gc may delete it."""
+"""Config key on an instance kept after a failed test (--lxd-keep-failed): ``<until> <place>``."""
 
 REUSE_KEY = "user.lxdsnap.reuse"
 """Config key on a declared container kept between runs (--lxd-reuse): the hash of its declaration."""
@@ -41,49 +47,92 @@ REUSE_PREFIX = "lxdsnap-keep-"
 REUSE_SNAPSHOT = "lxdsnap-reuse-base"
 
 LEASE_SECONDS = 90.0
-"""A session renews its leases every third of this; a lease that ran out marks its owner dead."""
+"""A session renews its lease every third of this; a lease that ran out (server's clock) marks it dead."""
 
 SNAPSHOT_PREFIX = "lxdsnap-"
 INSTANCE_PREFIX = "lxdsnap-"
+BASELINE_LABEL = "base"
+"""Label of a session's baseline snapshot (``lxdsnap-<token>-base``); recovery after a crash looks for it."""
+KEPT_LABEL = "failed"
 
 _SNAPSHOT_NAME = re.compile(r"^lxdsnap-[a-z0-9]+-[a-z0-9-]+$")
 
 
-def _boot_id() -> str:
+def place(project: str | None, instance: str) -> str:
+    """Where an instance lives, as its tags record it: ``project/name``."""
+    return f"{project or 'default'}/{instance}"
+
+
+def _read(path: str) -> str:
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             return fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+
+
+def _pid_namespace() -> str:
+    try:
+        info = os.stat("/proc/self/ns/pid")
     except OSError:
         return "unknown"
+    return f"{info.st_dev}:{info.st_ino}"
+
+
+def _proc_is_ours() -> bool:
+    """True when /proc shows this process's PID namespace (not so after `unshare --pid` without
+    --mount-proc): only then do pids read there mean what our pids mean."""
+    try:
+        return int(os.readlink("/proc/self")) == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
+def _ticks(pid: int | str) -> int | None:
+    """Start time of a process in clock ticks since boot (immune to clock steps), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None  # exited, not yet reaped by its parent (a crashed xdist worker, say)
+    return int(fields[19])  # field 22 of stat
 
 
 @dataclass(frozen=True)
 class SessionIdentity:
-    """The identity of one pytest session, as stored in LXD."""
+    """The identity of one pytest session (or one `lxdsnap gc`), as stored in LXD."""
 
     token: str = field(default_factory=lambda: secrets.token_hex(4))
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
-    boot_id: str = field(default_factory=_boot_id)
-    started: float = field(default_factory=lambda: _process_start(os.getpid()) or time.time())  # process start
+    boot_id: str = field(default_factory=lambda: _read("/proc/sys/kernel/random/boot_id"))
+    machine_id: str = field(default_factory=lambda: _read("/etc/machine-id"))
+    pidns: str = field(default_factory=_pid_namespace)
+    ticks: int = field(default_factory=lambda: _ticks("self") or 0)
+    started: float = field(default_factory=time.time)  # for messages only: wall clocks step
 
-    def tag(self) -> str:
-        """The JSON value written to ``user.lxdsnap.owner`` / ``user.lxdsnap.created``."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+    def tag(self, where: str) -> str:
+        """The JSON value written to ``user.lxdsnap.owner`` / ``created``, bound to ``where``."""
+        return json.dumps({**asdict(self), "place": where}, sort_keys=True, separators=(",", ":"))
 
-    def owns(self, config: dict[str, str], key: str = OWNER_KEY) -> bool:
-        """True when ``config`` carries this session's tag under ``key``."""
-        return parse_tag(config.get(key)) == self
+    def owns(self, config: dict[str, str], where: str, key: str = OWNER_KEY) -> bool:
+        """True when ``config`` carries this session's tag under ``key``, bound to ``where``."""
+        return holder_at(config, where, key) == self
 
-    def is_alive(self, now: float | None = None) -> bool | None:
-        """Whether the session still runs: known on its own host (boot id, pid, process start time),
-        None (unknown) for a session on another host, whose lease then decides."""
-        if self.host != socket.gethostname():
+    def local_evidence(self) -> bool | None:
+        """Whether the session still runs, where this process can know for sure: same machine, boot and
+        PID namespace (pid and start ticks). None (unknown) anywhere else: its lease decides."""
+        me = SessionIdentity()
+        if (self.host, self.machine_id, self.boot_id, self.pidns) != (me.host, me.machine_id, me.boot_id, me.pidns):
             return None
-        if self.boot_id != _boot_id():
-            return False  # the host rebooted since
-        started = _process_start(self.pid)
-        return started is not None and abs(started - self.started) < 2.0  # else the pid was reused
+        if "unknown" in (self.machine_id, self.boot_id, self.pidns) or not _proc_is_ours():
+            return None
+        return _ticks(self.pid) == self.ticks
+
+    def describe(self) -> str:
+        return f"session {self.token} (host {self.host}, pid {self.pid})"
 
     def snapshot_name(self, label: str) -> str:
         """A plugin snapshot name: recognisable prefix, this session's token, a label."""
@@ -93,51 +142,78 @@ class SessionIdentity:
         return name
 
 
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X"):
-            return None  # exited, not yet reaped by its parent (a crashed xdist worker, say)
-        with open("/proc/stat", encoding="ascii") as fh:
-            boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+def holder_is_dead(holder: SessionIdentity, lease: str | None, server_now: float) -> tuple[bool, str]:
+    """Whether the session named in a tag is gone, and why (for messages).
 
-
-def holder_is_dead(holder: SessionIdentity, lease: str | None, now: float | None = None) -> tuple[bool, str]:
-    """Whether the session named in a tag is gone, and why (for messages)."""
-    alive = holder.is_alive()
+    Proof from this machine decides (the same boot and PID namespace: its pid is gone, or is another
+    process); anywhere else only a lease that ran out by the server's clock (``server_now``) does.
+    """
+    alive = holder.local_evidence()
     if alive is True:
-        return False, f"pid {holder.pid} on this host still runs"
+        return False, f"pid {holder.pid} in this PID namespace still runs"
     if alive is False:
-        return True, f"pid {holder.pid} on this host is gone (or the host rebooted)"
+        return True, f"pid {holder.pid} in this PID namespace is gone"
     try:
         expires = float(lease or 0)
     except ValueError:
         expires = 0.0
-    now = time.time() if now is None else now
-    if expires > now:
-        return False, f"its lease runs for {expires - now:.0f} s more"
+    if expires > server_now:
+        return False, f"its lease runs for {expires - server_now:.0f} s more"
     return True, "its lease ran out" if expires else "it holds no lease"
 
 
-def parse_tag(value: str | None) -> SessionIdentity | None:
-    """The session identity stored in a tag, or None when the value is absent or not one of ours."""
+@dataclass(frozen=True)
+class Tag:
+    """A parsed tag: the session, and the place it was written on."""
+
+    holder: SessionIdentity
+    where: str
+
+
+def read_tag(value: str | None) -> Tag | None:
+    """The tag stored in a config value, or None when the value is absent or not a tag of this version."""
     if not value:
         return None
     try:
         data = json.loads(value)
-        return SessionIdentity(
-            token=str(data["token"]),
-            host=str(data["host"]),
-            pid=int(data["pid"]),
-            boot_id=str(data["boot_id"]),
+        holder = SessionIdentity(
+            token=str(data["token"]), host=str(data["host"]), pid=int(data["pid"]), boot_id=str(data["boot_id"]),
+            machine_id=str(data["machine_id"]), pidns=str(data["pidns"]), ticks=int(data["ticks"]),
             started=float(data["started"]),
         )
+        return Tag(holder, str(data["place"]))
     except (ValueError, KeyError, TypeError):
+        return None
+
+
+def holder_at(config: dict[str, str], where: str, key: str = OWNER_KEY) -> SessionIdentity | None:
+    """The session whose tag under ``key`` is bound to ``where``; None when there is none (or it was
+    written somewhere else: a copy's)."""
+    tag = read_tag(config.get(key))
+    return tag.holder if tag is not None and tag.where == where else None
+
+
+def foreign_keys(config: dict[str, str], where: str) -> list[str]:
+    """The lxdsnap keys in ``config`` that were not written for ``where`` (a copy carries them)."""
+    tagged = (OWNER_KEY, CREATED_KEY)
+    if any(k in config for k in tagged) and not any(holder_at(config, where, k) for k in tagged):
+        return sorted(k for k in config if k.startswith("user.lxdsnap."))
+    kept = config.get(KEPT_KEY)
+    if kept is not None and kept_until(kept, where) is None:
+        return sorted(k for k in config if k.startswith("user.lxdsnap."))
+    return []
+
+
+def kept_value(until: float, where: str) -> str:
+    return f"{until:.0f} {where}"
+
+
+def kept_until(value: str, where: str) -> float | None:
+    """When a kept state (written for ``where``) may be deleted; None when the value was written elsewhere."""
+    until, _, bound = value.partition(" ")
+    try:
+        return float(until) if bound == where else None
+    except ValueError:
         return None
 
 
@@ -146,9 +222,10 @@ def is_plugin_snapshot_name(name: str) -> bool:
     return bool(_SNAPSHOT_NAME.match(name))
 
 
-KEPT_LABEL = "failed"
-
-
 def is_kept_snapshot_name(name: str) -> bool:
     """A failed test's state kept on purpose (--lxd-keep-failed); LXD deletes it when it expires."""
     return is_plugin_snapshot_name(name) and f"-{KEPT_LABEL}-" in name
+
+
+SESSION_KEYS = (OWNER_KEY, POWER_KEY, EPHEMERAL_KEY)
+"""The keys a session writes on an existing instance it holds, and removes when it lets go."""

@@ -6,6 +6,7 @@ connection to LXD is opened for a suite that has no marked test.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
@@ -107,7 +108,7 @@ def _seconds(config: pytest.Config, name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise pytest.UsageError(f"{name} (--{name.replace('_', '-')}): expected a positive number of seconds, "
                                 f"got {raw!r}")
     return value
@@ -174,28 +175,57 @@ class Settings:
 
 
 class InterruptGuard:
-    """After a first Ctrl-C the plugin still resets and cleans up; a second one exits at once, with the
-    exact commands that finish the job."""
+    """Ctrl-C, SIGTERM (a cancelled CI job) and SIGHUP (a dropped SSH session) all stop the run the same way:
+    the plugin still resets and cleans up, and pytest exits non-zero. A second signal, however soon it comes,
+    exits at once with the exact commands that finish the job. Handlers the user installed stay theirs."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        self.previous: dict[int, Any] = {}
+        for signum in self.SIGNALS:
+            if signal.getsignal(signum) not in (signal.SIG_DFL, signal.default_int_handler):
+                continue
+            try:
+                self.previous[signum] = signal.signal(signum, self._first)
+            except ValueError:  # not the main thread: leave signals to whoever runs us
+                break
 
-    def pytest_keyboard_interrupt(self) -> None:
-        signal.signal(signal.SIGINT, self._second_interrupt)
+    def pytest_unconfigure(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
-    def _second_interrupt(self, signum: int, frame: object) -> None:
+    def _first(self, signum: int, frame: object) -> None:
+        for other in self.previous:
+            signal.signal(other, self._second)
+        if signum != signal.SIGINT:
+            _say(f"\nlxdsnap: {signal.Signals(signum).name}: stopping; resetting the containers and cleaning up "
+                 "(send it again to stop at once)\n")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _second(self, signum: int, frame: object) -> None:
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         lxd = self.config.stash.get(SESSION, None)
-        lines = ["", "lxdsnap: second Ctrl-C: cleanup stopped. To finish it, run:", "  lxdsnap gc"]
+        lines = ["", f"lxdsnap: second {what}: cleanup stopped. To finish it, run:", "  lxdsnap gc"]
         if lxd is not None:
             lines.append("(it restores these from their baselines and deletes this session's clones; by hand:")
             cmd = lxd.commands
             lines += [f"  {cmd.restore(t.instance, t.snapshot)} && {cmd.delete_snapshot(t.instance, t.snapshot)}"
-                      for t in lxd.tracked.values() if not t.declared]
-            lines += [f"  {cmd(f'delete --force {t.instance}')}" for t in lxd.tracked.values() if t.declared]
+                      for t in list(lxd.tracked.values()) if not t.declared]
+            lines += [f"  {cmd(f'delete --force {t.instance}')}" for t in list(lxd.tracked.values()) if t.declared]
             lines.append(")")
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
+        _say("\n".join(lines) + "\n")
         os._exit(pytest.ExitCode.INTERRUPTED)
+
+
+def _say(text: str) -> None:
+    """Write to stderr from a signal handler (the terminal may be gone: SIGHUP)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _validate_marker(*names: str, **options: object) -> tuple[str, ...]:
@@ -305,10 +335,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         if settings.endpoint.insecure:
             lxd.notices.append(INSECURE_WARNING.format(url=settings.endpoint.url))
         requests = [r for item in session.items for r in requests_for(item, settings.specs)]
+        session.config.stash[SESSION] = lxd
+        lxd.plan(requests)
     except (LxdUnreachable, ConfigError, LxdSnapError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    session.config.stash[SESSION] = lxd
-    lxd.plan(requests)
 
 
 @pytest.hookimpl(tryfirst=True)

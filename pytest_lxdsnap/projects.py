@@ -14,7 +14,7 @@ import pylxd
 from pylxd.exceptions import NotFound
 
 from . import lxdapi
-from .ownership import CREATED_KEY, INSTANCE_PREFIX, SessionIdentity, parse_tag
+from .ownership import CREATED_KEY, INSTANCE_PREFIX, SessionIdentity, holder_at
 
 AUTO = "auto"
 SHARED_FEATURES = {"features.images": "false", "features.profiles": "false"}
@@ -37,7 +37,7 @@ def create(client: pylxd.Client, identity: SessionIdentity) -> str:
     """Create the session's project, tagged with the session; its name."""
     name = project_name(identity)
     body = {"name": name, "description": "pytest-lxdsnap session project (deleted at the end of the session)",
-            "config": {**SHARED_FEATURES, CREATED_KEY: identity.tag()}}
+            "config": {**SHARED_FEATURES, CREATED_KEY: identity.tag(f"project:{name}")}}
     client.api.projects.post(json=body)
     return name
 
@@ -45,7 +45,12 @@ def create(client: pylxd.Client, identity: SessionIdentity) -> str:
 def session_projects(client: pylxd.Client) -> list[dict[str, Any]]:
     """Every project a session created (carries a session tag)."""
     records = lxdapi.listing(client.api.projects)
-    return [r for r in records if parse_tag((r.get("config") or {}).get(CREATED_KEY)) is not None]
+    return [r for r in records if creator(r) is not None]
+
+
+def creator(project: dict[str, Any]) -> SessionIdentity | None:
+    """The session that created a project (its tag, bound to the project's name), if any."""
+    return holder_at(project.get("config") or {}, f"project:{project['name']}", CREATED_KEY)
 
 
 def delete(client: pylxd.Client, name: str, creator: SessionIdentity) -> list[str]:

@@ -20,7 +20,7 @@ from pylxd.exceptions import NotFound
 from . import lxdapi
 from .connection import Endpoint, connect
 from .errors import LxdSnapError, OwnershipError
-from .ownership import CREATED_KEY, OWNER_KEY, REUSE_KEY, REUSE_PREFIX, REUSE_SNAPSHOT, parse_tag
+from .ownership import CREATED_KEY, REUSE_KEY, REUSE_PREFIX, REUSE_SNAPSHOT, holder_at
 from .settings import ContainerSpec
 
 
@@ -60,7 +60,7 @@ def stale(client: pylxd.Client, spec: ContainerSpec, current: str) -> list[str]:
     return [r["name"] for r in records if is_kept(r) and r["name"] != current
             and r["name"].startswith(f"{REUSE_PREFIX}{spec.name}-")
             and r["name"][len(REUSE_PREFIX) + len(spec.name) + 1:].isalnum()
-            and parse_tag(r["config"].get(OWNER_KEY)) is None]
+            and holder_at(r["config"], lxdapi.where(client, r["name"])) is None]
 
 
 def delete_kept(client: pylxd.Client, name: str) -> None:
@@ -74,7 +74,7 @@ def delete_kept(client: pylxd.Client, name: str) -> None:
 
 def take_baseline(client: pylxd.Client, name: str, ttl: float) -> None:
     """Snapshot a kept container's baseline (no session tag in it: any later session may use it)."""
-    body = {"name": REUSE_SNAPSHOT, "stateful": False, "expires_at": lxdapi.expiry(ttl)}
+    body = {"name": REUSE_SNAPSHOT, "stateful": False, "expires_at": lxdapi.expiry(ttl, lxdapi.server_now(client))}
     lxdapi.when_idle(lambda: lxdapi.wait(client, client.api.instances[name].snapshots.post(json=body)))
 
 

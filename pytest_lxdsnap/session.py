@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi, ports, projects, recovery, reuse
+from . import claims, garbage, leases, lxdapi, ports, projects, reuse
 from .clones import ClonePool
 from .commands import Commands
 from .connection import Endpoint, connect
@@ -27,6 +27,7 @@ from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError
 from .execution import exec_command, purge_unread_logs
 from .lxdapi import LXD_FAULTS, describe
 from .ownership import (
+    BASELINE_LABEL,
     CREATED_KEY,
     INSTANCE_PREFIX,
     KEPT_LABEL,
@@ -41,7 +42,6 @@ from .readiness import wait_ready
 from .settings import DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
 from .strategy import resolve
 
-BASELINE_LABEL = "base"
 DEFAULT_PREPARE_AHEAD = 3
 BACKGROUND_WORKERS = 8
 PROGRESS_TICK = 0.5
@@ -76,7 +76,7 @@ class Tracked:
     declared: bool
     snapshot: str
     running: bool  # power state of the baseline
-    expires: float  # when LXD will delete the snapshot (epoch seconds)
+    extended: float  # when the snapshot's expiry was last set (time.monotonic(); LXD expires it a TTL later)
     pool: str = ""
     pool_driver: str = ""
     snapshot_seconds: float = 0.0
@@ -170,6 +170,7 @@ class LxdSession:
         self.commands = Commands()  # the lxc (or incus) command lines messages show; set on connect
         self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
         self._stopping = threading.Event()
+        self._finishing = False
         self._heartbeat: threading.Thread | None = None
 
     @property
@@ -261,50 +262,71 @@ class LxdSession:
         Declared containers launch and provision in the background, concurrently; the first test
         that needs one waits for it. Clones are then prepared ahead for the tests that will use them.
         """
+        self._start_heartbeat()
         self._executor.submit(self._sweep_dead_sessions)
         for request in requests:
             self._planned.setdefault(request.name, []).append(request)
         for name in self._planned:
             if name in self.specs and name not in self._launches and name not in self.tracked:
                 self._launches[name] = self._executor.submit(self._launch, self.specs[name])
-        self._start_heartbeat()
 
     def _sweep_dead_sessions(self, also_held: list[str] | None = None) -> None:
         """Delete the instances (clones, declared containers) and leases of sessions that died without
         cleaning up; with ``also_held``, restore those existing instances if a dead session holds them."""
         try:
-            found = recovery.find_garbage(self.client)
+            found = garbage.find_garbage(self.client, self.identity)
         except (*LXD_FAULTS, LxdSnapError) as exc:
             self.notices.append(f"looking for instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
             return
-        for garbage in found:
-            held = garbage.kind == "held" and garbage.name in (also_held or [])
-            if not (held or garbage.kind in ("created", "project", "lease")):
+        for item in found:
+            held = item.kind == "held" and item.name in (also_held or [])
+            if not (held or item.kind in ("created", "project", "lease")):
                 continue
             try:
-                self.notices.extend(f"{line} ({garbage.why})" for line in garbage.clean())
+                self.notices.extend(f"{line} ({item.why})" for line in item.clean())
             except (*LXD_FAULTS, LxdSnapError) as exc:
-                self.notices.append(f"deleting {garbage.what} ({garbage.why}) failed: {describe(exc)}; "
-                                    "run `lxdsnap gc`")
+                self.notices.append(f"deleting {item.what} ({item.why}) failed: {describe(exc)}; run `lxdsnap gc`")
 
     def _start_heartbeat(self) -> None:
-        """Open this session's lease (a profile no instance uses) and keep it fresh from a thread."""
-        if self._heartbeat is None:
-            try:
-                recovery.open_lease(self.client, self.identity)
-            except LXD_FAULTS as exc:
-                self.notices.append(f"could not create the session's lease profile: {describe(exc)}; sessions on "
-                                    "other hosts cannot tell this one is alive")
-                return
-            self._heartbeat = threading.Thread(target=self._renew_lease, name="lxdsnap-lease", daemon=True)
-            self._heartbeat.start()
+        """Open this session's lease (a profile no instance uses) and keep it fresh from a thread, which also
+        keeps the baselines from expiring, until the session's last LXD call."""
+        if self._heartbeat is not None:
+            return
+        try:
+            leases.open_lease(self.client, self.identity)
+        except LXD_FAULTS as exc:
+            raise LxdSnapError(
+                f"could not create this session's lease (profile {leases.profile_name(self.identity)}): "
+                f"{describe(exc)}. Without it other sessions and `lxdsnap gc` could judge this one dead, so nothing "
+                "was changed. Check that this client may create profiles (`lxdsnap doctor`)") from None
+        self._heartbeat = threading.Thread(target=self._beat, name="lxdsnap-heartbeat", daemon=True)
+        self._heartbeat.start()
 
-    def _renew_lease(self) -> None:
-        while not self._stopping.wait(LEASE_SECONDS / 3):
+    def _beat(self) -> None:
+        period = max(min(LEASE_SECONDS / 3, self.snapshot_ttl / 4), 0.25)
+        renewed = time.monotonic()
+        while not self._stopping.wait(period):
             try:
-                recovery.renew_lease(self.client, self.identity)
+                if time.monotonic() - renewed >= LEASE_SECONDS / 3:
+                    leases.renew_lease(self.client, self.identity)
+                    renewed = time.monotonic()
+                self._extend_baselines()
             except (*LXD_FAULTS, LxdSnapError):
                 pass  # briefly unreachable: the next round tries again
+
+    def _extend_baselines(self) -> None:
+        """Push on the expiry of every baseline that has run through half its TTL (a long test, --pdb)."""
+        for tracked in list(self.tracked.values()):
+            if self._finishing or tracked.broken or time.monotonic() - tracked.extended < self.snapshot_ttl / 2:
+                continue
+            client = self.client_for(tracked.name)
+            lxdapi.extend_snapshot_expiry(client, tracked.instance, tracked.snapshot, self.snapshot_ttl)
+            tracked.extended = time.monotonic()
+
+    def _stop_heartbeat(self) -> None:
+        self._stopping.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
 
     def strategy_for(self, tracked: Tracked, request: Request) -> str:
         """The concrete strategy of ``request`` on ``tracked`` (``auto`` resolved by pool driver)."""
@@ -415,7 +437,7 @@ class LxdSession:
         else:
             instance = tracked.instance
             if self._turns(tracked):
-                recovery.claim(self.client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
+                claims.claim(self.client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
             self._power_base(tracked)
             tracked.dirty = True
         tracked.strategies[strategy] += 1
@@ -467,7 +489,7 @@ class LxdSession:
         """Take an existing instance into the session: claim it, snapshot it, remember its power state."""
         client = self.client
         try:
-            record = recovery.claim(client, name, self.identity, wait=self.lease_wait, log=self.notices.append)
+            record = claims.claim(client, name, self.identity, wait=self.lease_wait, log=self.notices.append)
         except NotFound:
             raise ContainerNotFound(
                 f"container {name!r} is neither declared nor an existing instance at {self.endpoint.describe()}. "
@@ -479,13 +501,13 @@ class LxdSession:
         try:
             lxdapi.create_owned_snapshot(client, name, snapshot, self.identity, self.snapshot_ttl)
         except BaseException:
-            recovery.release(client, name, self.identity)
+            claims.release(client, name, self.identity)
             raise
         running = record["status"] == lxdapi.RUNNING
         pool, driver = lxdapi.root_pool(client, record)
         if self.take_turns:  # other workers use it between our tests: claim it per test from now on
-            recovery.release(client, name, self.identity)
-        return Tracked(name, name, False, snapshot, running, self._expiry(), pool, driver,
+            claims.release(client, name, self.identity)
+        return Tracked(name, name, False, snapshot, running, time.monotonic(), pool, driver,
                        time.perf_counter() - start, base_running=running)
 
     def _launch(self, spec: ContainerSpec) -> Tracked:
@@ -495,7 +517,7 @@ class LxdSession:
         client = self.own
         instance = f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}"
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
-        tag = self.identity.tag()
+        tag = self.identity.tag(lxdapi.where(client, instance))
         try:
             seconds = self._build(spec, instance, {CREATED_KEY: tag, OWNER_KEY: tag}, lambda: (
                 lxdapi.create_owned_snapshot(client, instance, snapshot, self.identity, self.snapshot_ttl)))
@@ -504,7 +526,7 @@ class LxdSession:
             if lxdapi.instance_exists(client, instance):
                 lxdapi.delete_owned_instance(client, instance, self.identity)
             raise
-        return Tracked(spec.name, instance, True, snapshot, True, self._expiry(), pool, driver, seconds)
+        return Tracked(spec.name, instance, True, snapshot, True, time.monotonic(), pool, driver, seconds)
 
     def _launch_kept(self, spec: ContainerSpec) -> Tracked:
         """--lxd-reuse: claim the kept build of this declaration, or build and keep it."""
@@ -528,15 +550,15 @@ class LxdSession:
                 if lxdapi.instance_exists(client, instance):
                     reuse.delete_kept(client, instance)
                 raise
-        record = recovery.claim(client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
+        record = claims.claim(client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
         if reused:  # start from its baseline, stopped, whatever a crashed run left
             if record["status"] != lxdapi.STOPPED:
                 lxdapi.set_power(client, instance, "stop")
             lxdapi.restore_snapshot(client, instance, REUSE_SNAPSHOT)
-            record = recovery.claim(client, instance, self.identity, wait=self.lease_wait)
+            record = claims.claim(client, instance, self.identity, wait=self.lease_wait)
         lxdapi.extend_snapshot_expiry(client, instance, REUSE_SNAPSHOT, self.snapshot_ttl)
         pool, driver = lxdapi.root_pool(client, record)
-        return Tracked(spec.name, instance, True, REUSE_SNAPSHOT, True, self._expiry(), pool, driver, seconds,
+        return Tracked(spec.name, instance, True, REUSE_SNAPSHOT, True, time.monotonic(), pool, driver, seconds,
                        base_running=record["status"] == lxdapi.RUNNING, kept=True)
 
     def _build(self, spec: ContainerSpec, instance: str, tags: dict[str, str],
@@ -601,9 +623,6 @@ class LxdSession:
             hint += f": it is {renamed[0]}'s name, {server} calls it {renamed[1]!r}"
         return hint + ". Remove or rename it; nothing was created."
 
-    def _expiry(self) -> float:
-        return time.time() + self.snapshot_ttl
-
     # -- resetting -----------------------------------------------------------------------------
     def release(self, checkouts: list[Checkout], *, keep: frozenset[str] | set[str] = frozenset()) -> None:
         """Give the states back after a test: keep those named in ``keep`` for the next test of the same
@@ -638,7 +657,7 @@ class LxdSession:
         if checkout.strategy != "readonly":  # readonly: finish() restores an existing container if needed
             problem = self._restore(tracked, recipe=checkout.strategy == "recipe")
         if self._turns(tracked) and not problem:
-            recovery.release(self.client, tracked.instance, self.identity)  # the next worker's turn
+            claims.release(self.client, tracked.instance, self.identity)  # the next worker's turn
         return problem
 
     def _turns(self, tracked: Tracked) -> bool:
@@ -657,15 +676,12 @@ class LxdSession:
                 running = False
             lxdapi.restore_snapshot(client, instance, snapshot)  # LXD restarts a running instance itself
             if tracked.kept:  # the kept baseline has no session tag: take the instance again
-                recovery.claim(client, instance, self.identity, wait=self.lease_wait)
+                claims.claim(client, instance, self.identity, wait=self.lease_wait)
             if tracked.running and not running:
                 lxdapi.set_power(client, instance, "start")
             tracked.base_running = tracked.running
             if tracked.running:
                 self._check_ready(tracked.name, instance)
-            if tracked.expires - time.time() < self.snapshot_ttl / 2:
-                lxdapi.extend_snapshot_expiry(client, instance, snapshot, self.snapshot_ttl)
-                tracked.expires = self._expiry()
         except (*LXD_FAULTS, LxdSnapError) as exc:
             tracked.broken = (
                 f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
@@ -711,7 +727,7 @@ class LxdSession:
             body = {"name": kept, "source": {"type": "copy", "source": tracked.instance, "instance_only": True},
                     "profiles": list(self.specs[tracked.name].profiles)}
             lxdapi.wait(client, client.api.instances.post(json=body))
-        recovery.mark_kept(client, kept, expires)
+        claims.mark_kept(client, kept, expires)
         start = "" if checkout.strategy == "clone" else f"{cmd(f'start {kept}')} && "
         return (f"kept {tracked.name!r} of {test} as instance {kept} (`lxdsnap gc` deletes it after {until}). "
                 f"Inspect: {start}{cmd(f'exec {kept} -- sh')}; {cmd(f'delete --force {kept}')} when done")
@@ -720,10 +736,11 @@ class LxdSession:
     def finish(self, keep: Iterable[str] = ()) -> list[Leftover]:
         """Reset what is still checked out, delete what this session made (keeping broken ones for
         recovery), wait for the background work; what is left over."""
-        self._stopping.set()
         if self._client is None:
+            self._stopping.set()
             self._executor.shutdown(wait=True, cancel_futures=True)
             return []
+        self._finishing = True  # baselines go now: the heartbeat only renews the lease
         for future in self._launches.values():
             future.cancel()
         for tracked in self.tracked.values():
@@ -750,11 +767,11 @@ class LxdSession:
                             continue
                     if lxdapi.status(self.own, tracked.instance) != lxdapi.STOPPED:
                         lxdapi.set_power(self.own, tracked.instance, "stop")
-                    recovery.release(self.own, tracked.instance, self.identity)
+                    claims.release(self.own, tracked.instance, self.identity)
                     continue
                 if tracked.declared and tracked.name in keep:
                     until = time.time() + self.snapshot_ttl
-                    recovery.mark_kept(self.own, tracked.instance, until)
+                    claims.mark_kept(self.own, tracked.instance, until)
                     self.kept.append(f"kept declared container {tracked.name!r} as instance {tracked.instance} "
                                      f"(a cleanup hook asked; `lxdsnap gc` deletes it after "
                                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(until))})")
@@ -764,13 +781,13 @@ class LxdSession:
                     continue
                 if tracked.dirty:  # a readonly test (or an interrupted one) may have changed it
                     if self._turns(tracked):
-                        recovery.claim(self.client, tracked.instance, self.identity, wait=self.lease_wait)
+                        claims.claim(self.client, tracked.instance, self.identity, wait=self.lease_wait)
                     problem = self._restore(tracked)
                     if problem:
                         self.problems.append(problem)
                         continue
                 lxdapi.delete_owned_snapshot(self.client, tracked.instance, tracked.snapshot, self.identity)
-                recovery.release(self.client, tracked.instance, self.identity)
+                claims.release(self.client, tracked.instance, self.identity)
             except (*LXD_FAULTS, LxdSnapError) as exc:
                 self.problems.append(f"cleaning up {tracked.name!r} (instance {tracked.instance}): {describe(exc)}")
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -779,14 +796,17 @@ class LxdSession:
             if self._own is not None:
                 self.notices.extend(line for line in projects.delete(self.client, self._own.project, self.identity)
                                     if line.startswith("kept"))
-            recovery.close_lease(self.client, self.identity)
             if self._planned:  # a peer that died meanwhile (a crashed xdist worker) left its instances too
                 self._sweep_dead_sessions(also_held=[t.instance for t in self.tracked.values() if not t.declared])
+            self._stop_heartbeat()  # alive until here: our last change is done
+            leases.close_lease(self.client, self.identity)
             return self.leftovers()
         except (*LXD_FAULTS, LxdSnapError) as exc:
             self.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "
                                  "`lxdsnap gc` restores and removes what this session left")
             return []
+        finally:
+            self._stop_heartbeat()
 
     def _sweep(self) -> None:
         """Delete any instance this session created that is still there (a launch cut short by Ctrl-C)."""
@@ -818,10 +838,10 @@ class LxdSession:
                 continue
             for snap in lxdapi.owned_snapshots(where, tracked.instance, self.identity):
                 found.append(Leftover(tracked.name, f"snapshot {tracked.instance}/{snap}"))
-            if self.identity.owns(config):
+            if self.identity.owns(config, lxdapi.where(where, tracked.instance)):
                 found.append(Leftover(tracked.name, f"config key {OWNER_KEY} on {tracked.instance}"))
             elif OWNER_KEY not in config and POWER_KEY in config:
                 found.append(Leftover(tracked.name, f"config key {POWER_KEY} on {tracked.instance}"))
-        if recovery.lease_of(client, self.identity) is not None:
-            found.append(Leftover("session", f"profile {recovery.session_profile(self.identity)}"))
+        if leases.lease_of(client, self.identity)[0] is not None:
+            found.append(Leftover("session", f"profile {leases.profile_name(self.identity)}"))
         return found

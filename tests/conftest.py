@@ -125,6 +125,11 @@ def snapshot_names(client: pylxd.Client, instance: str) -> list[str]:
     return [s["name"] for s in lxdapi.list_snapshots(client, instance)]
 
 
+def recovery_snapshots(client: pylxd.Client, instance: str) -> list[str]:
+    """The snapshots recovery took of a dead session's container before rolling it back (kept for the user)."""
+    return [s for s in snapshot_names(client, instance) if s.startswith("before-lxdsnap-recovery-")]
+
+
 def user_config(client: pylxd.Client, instance: str) -> dict[str, object]:
     """Config (without LXD's volatile keys), devices and profiles: what 'exactly as found' compares."""
     record = lxdapi.get_instance(client, instance)

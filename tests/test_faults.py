@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY
+from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY, kept_value, place
 
 from .conftest import (
     BACKEND,
@@ -23,6 +23,7 @@ from .conftest import (
     lxc,
     lxc_exec_status,
     lxdsnap,
+    recovery_snapshots,
     run_command,
     snapshot_names,
     user_config,
@@ -106,13 +107,18 @@ def test_sigkill_mid_test_next_session_restores_and_sweeps(pytester, make_instan
     """)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"NOTE instance {name}: session * is dead (pid {pid} on this host is gone*",
+    result.stdout.fnmatch_lines([f"NOTE instance {name}: session * is dead (pid {pid} in this PID namespace is gone*",
                                  "NOTE deleted instance lxdsnap-web-* (created by session *, which is dead*"])
     assert "NOTE deleted profile lxdsnap-session-" in result.stdout.str()  # the dead session's lease
     assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    (kept,) = recovery_snapshots(lxd_client, name)  # the state before the rollback, for the user
+    result.stdout.fnmatch_lines([f"NOTE kept the state {name} had before recovery as snapshot {name}/{kept} (LXD "
+                                 f"deletes it in 7 days); to get it back: `{COMMANDS.restore(name, kept)}`"])
+    assert snapshot_names(lxd_client, name) == ["user-snap", kept]
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
     assert not orphans & instance_names(lxd_client)
+    run_command(COMMANDS.restore(name, kept))  # the undo it printed brings the work back
+    assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 0
 
 
 def test_gc_dry_run_lists_then_gc_recovers_a_killed_session(pytester, make_instance, lxd_client):
@@ -131,7 +137,7 @@ def test_gc_dry_run_lists_then_gc_recovers_a_killed_session(pytester, make_insta
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"restored {name} from lxdsnap-" in done.stdout
     assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == []
+    assert snapshot_names(lxd_client, name) == recovery_snapshots(lxd_client, name) != []
     assert lxdapi.status(lxd_client, name) == lxdapi.STOPPED  # as it was found; the crash left it running
     assert not any(n.startswith("lxdsnap-web-") for n in instance_names(lxd_client))
     assert lxdsnap("gc").stdout.strip() == "lxdsnap gc: nothing left by dead sessions"
@@ -219,7 +225,7 @@ def test_second_ctrl_c_exits_at_once_with_the_recovery_command(pytester, make_in
     done = lxdsnap("gc")
     assert done.returncode == 0, done.stdout + done.stderr
     assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert snapshot_names(lxd_client, name) == ["user-snap", *recovery_snapshots(lxd_client, name)]
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
 
 
@@ -287,7 +293,7 @@ def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance
     done = lxdsnap("gc")  # the daemon is back and the session is gone: gc puts it right
     assert done.returncode == 0, done.stdout + done.stderr
     assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == []
+    assert snapshot_names(lxd_client, name) == recovery_snapshots(lxd_client, name)
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
 
 
@@ -358,7 +364,7 @@ def test_keep_failed_keeps_each_state_with_the_commands_to_inspect_it(pytester, 
     try:
         assert lxc("exec", kept, "--", "cat", "/root/evidence") == "declared"
         assert "lxdsnap gc: nothing left by dead sessions" in lxdsnap("gc").stdout  # not expired yet
-        lxdapi.set_config_key(lxd_client, kept, KEPT_KEY, "1")  # expired long ago
+        lxdapi.set_config_key(lxd_client, kept, KEPT_KEY, kept_value(1, place(None, kept)))  # expired long ago
         assert f"deleted kept instance {kept}" in lxdsnap("gc").stdout
         assert kept not in instance_names(lxd_client)
     finally:
@@ -410,5 +416,5 @@ def test_a_daemon_killed_and_restarted_mid_run(pytester, make_instance, lxd_clie
     done = lxdsnap("gc")
     assert done.returncode == 0, done.stdout + done.stderr
     assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert snapshot_names(lxd_client, name) == ["user-snap", *recovery_snapshots(lxd_client, name)]
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1

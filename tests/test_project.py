@@ -9,7 +9,7 @@ import pytest
 
 from pytest_lxdsnap import lxdapi, projects
 from pytest_lxdsnap.image import IMAGE_ALIAS
-from pytest_lxdsnap.ownership import CREATED_KEY, SessionIdentity
+from pytest_lxdsnap.ownership import CREATED_KEY, SessionIdentity, place
 
 from .conftest import PYPROJECT, assert_summary, lxc, lxdsnap, snapshot_names, user_config
 
@@ -104,7 +104,7 @@ def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
     project = projects.create(lxd_client, dead)
     inside = projects.in_project(lxd_client, project)
     body = {"name": "lxdsnap-web-dead", "source": {"type": "image", "alias": IMAGE_ALIAS},
-            "config": {CREATED_KEY: dead.tag()}}
+            "config": {CREATED_KEY: dead.tag(place(project, "lxdsnap-web-dead"))}}
     lxdapi.wait(inside, inside.api.instances.post(json=body))
     try:
         dry = lxdsnap("gc", "--dry-run").stdout

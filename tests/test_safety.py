@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from pytest_lxdsnap import lxdapi
 from pytest_lxdsnap.errors import OwnershipError
-from pytest_lxdsnap.ownership import OWNER_KEY, SessionIdentity
+from pytest_lxdsnap.ownership import OWNER_KEY, SessionIdentity, place
 
 from .conftest import lxc, snapshot_names
 
@@ -22,7 +24,7 @@ def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, mak
 def test_another_sessions_snapshot_is_not_deleted(lxd_client, make_instance):
     me, other = SessionIdentity(), SessionIdentity()
     name = make_instance()
-    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag())
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag(place(None, name)))
     lxdapi.create_owned_snapshot(lxd_client, name, other.snapshot_name("base"), other, ttl=600)
     with pytest.raises(OwnershipError):
         lxdapi.delete_owned_snapshot(lxd_client, name, other.snapshot_name("base"), me)
@@ -43,7 +45,8 @@ def test_the_snapshot_path_cannot_delete_an_instance(lxd_client, make_instance, 
 
 def test_an_instance_the_session_did_not_create_is_never_deleted(lxd_client, make_instance):
     me = SessionIdentity()
-    name = make_instance(running=False, config={OWNER_KEY: me.tag()})  # used, but not created, by this session
+    name = make_instance(running=False)
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag(place(None, name)))  # used, not created, by it
     with pytest.raises(OwnershipError, match=f"refusing to delete instance '{name}': this session did not create"):
         lxdapi.delete_owned_instance(lxd_client, name, me)
     assert lxdapi.instance_exists(lxd_client, name)
@@ -52,7 +55,7 @@ def test_an_instance_the_session_did_not_create_is_never_deleted(lxd_client, mak
 def test_snapshots_expire(lxd_client, make_instance):
     me = SessionIdentity()
     name = make_instance()
-    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag())
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag(place(None, name)))
     lxdapi.create_owned_snapshot(lxd_client, name, me.snapshot_name("base"), me, ttl=3600)
     expires = lxc("query", f"/1.0/instances/{name}/snapshots/{me.snapshot_name('base')}")
     assert '"expires_at": "0001-01-01' not in expires and '"expires_at"' in expires
@@ -61,7 +64,8 @@ def test_snapshots_expire(lxd_client, make_instance):
 
 def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, lxd_client):
     other = SessionIdentity()
-    name = make_instance(config={OWNER_KEY: other.tag()})
+    name = make_instance()
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag(place(None, name)))
     suite.makepyfile(f"""
         import pytest
 
@@ -72,31 +76,32 @@ def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, 
     result = suite.runpytest("--lxd-lease-wait=1")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*instance '{name}' is in use by another lxdsnap session "
-                                 f"(host *, pid {other.pid}, token {other.token}, started *; pid {other.pid} on this "
-                                 "host still runs); waited 1 s. *"])
-    assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag()
+                                 f"(host *, pid {other.pid}, token {other.token}, started *; pid {other.pid} in this "
+                                 "PID namespace still runs); waited 1 s. *"])
+    assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag(place(None, name))
     assert snapshot_names(lxd_client, name) == []
 
 
-def test_a_long_session_keeps_its_baseline_alive(lxd_client, make_instance):
+def test_the_baseline_outlives_a_test_longer_than_its_ttl(lxd_client, make_instance):
+    """The heartbeat pushes a baseline's expiry on while a test runs (a long test, --pdb), with no reset."""
     import time
 
     from pytest_lxdsnap.connection import Endpoint
-    from pytest_lxdsnap.session import LxdSession
+    from pytest_lxdsnap.session import LxdSession, Request
 
-    def expiry(instance: str, snapshot: str) -> str:
-        return lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]
+    def expiry(instance: str, snapshot: str) -> datetime.datetime:
+        stamp = lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]
+        return datetime.datetime.fromisoformat(stamp)
 
     name = make_instance()
-    session = LxdSession(Endpoint(), {}, snapshot_ttl=4)
+    session = LxdSession(Endpoint(), {}, snapshot_ttl=3)
     session.connect()
+    session.plan([Request(name)])
     (checkout,) = session.acquire((name,))
-    tracked = checkout.tracked
-    first = expiry(name, tracked.snapshot)
-    session.reset([tracked])
-    assert expiry(name, tracked.snapshot) == first  # young snapshot: no extra call
-    time.sleep(2.5)
-    session.reset([tracked])
-    assert expiry(name, tracked.snapshot) > first
+    first = expiry(name, checkout.tracked.snapshot)
+    time.sleep(4)  # longer than the TTL: without the heartbeat LXD may prune it at its next sweep
+    now = datetime.datetime.now(datetime.UTC)
+    assert first < now < expiry(name, checkout.tracked.snapshot), "the baseline's expiry was not pushed on"
+    session.release([checkout])
     assert session.finish() == []
     assert snapshot_names(lxd_client, name) == []

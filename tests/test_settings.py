@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_lxdsnap.errors import ConfigError
-from pytest_lxdsnap.ownership import SessionIdentity, parse_tag
+from pytest_lxdsnap.ownership import SessionIdentity, read_tag
 from pytest_lxdsnap.settings import ContainerSpec, load, parse_table
 
 
@@ -39,10 +39,12 @@ def test_broken_toml_names_the_file(tmp_path):
 
 def test_session_tag_round_trip_and_foreign_values():
     me = SessionIdentity()
-    assert parse_tag(me.tag()) == me
-    assert me.owns({"user.lxdsnap.owner": me.tag()})
-    assert not me.owns({"user.lxdsnap.owner": SessionIdentity().tag()})
+    tag = read_tag(me.tag("default/web"))
+    assert tag is not None and tag.holder == me and tag.where == "default/web"
+    assert me.owns({"user.lxdsnap.owner": me.tag("default/web")}, "default/web")
+    assert not me.owns({"user.lxdsnap.owner": me.tag("default/web")}, "default/copy-of-web")  # a copy's
+    assert not me.owns({"user.lxdsnap.owner": SessionIdentity().tag("default/web")}, "default/web")
     for junk in (None, "", "yes", "{}", '{"token": 1}'):
-        assert parse_tag(junk) is None
+        assert read_tag(junk) is None
     with pytest.raises(ValueError, match="invalid snapshot label"):
         me.snapshot_name("Bad Label")
