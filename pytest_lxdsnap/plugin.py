@@ -199,13 +199,20 @@ class InterruptGuard:
     def _first(self, signum: int, frame: object) -> None:
         for other in self.previous:
             signal.signal(other, self._second)
-        if signum != signal.SIGINT:
-            _say(f"\nlxdsnap: {signal.Signals(signum).name}: stopping; resetting the containers and cleaning up "
-                 "(send it again to stop at once)\n")
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.received = signal.Signals(signum).name
+        raise KeyboardInterrupt(self.received)
+
+    def pytest_keyboard_interrupt(self) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and getattr(self, "received", "SIGINT") != "SIGINT":
+            reporter.write_line(f"lxdsnap: {self.received}: stopping; resetting the containers and cleaning up "
+                                "(send it again to stop at once)")
 
     def _second(self, signum: int, frame: object) -> None:
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if capture is not None:  # the signal may land while a test's output is captured
+            capture.suspend_global_capture(in_=False)
         lxd = self.config.stash.get(SESSION, None)
         lines = ["", f"lxdsnap: second {what}: cleanup stopped. To finish it, run:", "  lxdsnap gc"]
         if lxd is not None:

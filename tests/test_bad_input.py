@@ -9,7 +9,16 @@ import pytest
 
 from pytest_lxdsnap import lxdapi
 
-from .conftest import BACKEND, COMMANDS, INCUS, PYPROJECT, instance_names, snapshot_names, user_config
+from .conftest import (
+    BACKEND,
+    COMMANDS,
+    INCUS,
+    PYPROJECT,
+    instance_names,
+    recovery_snapshots,
+    snapshot_names,
+    user_config,
+)
 
 NEVER_RUNS = """
 import pytest
@@ -224,7 +233,7 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
                                    text=True, check=True).stdout
         assert f"restored {name} from lxdsnap-" in recovered
         assert user_config(lxd_client, name) == before
-        assert snapshot_names(lxd_client, name) == ["user-snap"]
+        assert snapshot_names(lxd_client, name) == ["user-snap", *recovery_snapshots(lxd_client, name)]
     finally:
         if name not in lxc("list", "--format", "csv", "-c", "n").split():
             lxc("delete", "--force", moved)

@@ -1,0 +1,73 @@
+"""Who is alive, decided without a daemon: proof from this machine (same boot and PID namespace), else the
+lease by the server's clock. Pure logic: these need no LXD."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from pytest_lxdsnap.ownership import (
+    CREATED_KEY,
+    KEPT_KEY,
+    OWNER_KEY,
+    SessionIdentity,
+    foreign_keys,
+    holder_at,
+    holder_is_dead,
+    kept_until,
+    kept_value,
+)
+
+SERVER_NOW = 1_000_000.0
+
+
+def test_this_process_is_alive_whatever_its_lease_says():
+    me = SessionIdentity()
+    assert me.local_evidence() is True
+    assert holder_is_dead(me, None, SERVER_NOW) == (False, f"pid {os.getpid()} in this PID namespace still runs")
+
+
+def test_a_clock_step_does_not_make_a_live_session_dead():
+    me = SessionIdentity()
+    stepped = replace(me, started=me.started - 3600)  # wall clock moved; start ticks did not
+    assert stepped.local_evidence() is True
+
+
+def test_a_gone_or_reused_pid_in_this_namespace_is_dead_even_with_a_lease():
+    me = SessionIdentity()
+    for gone in (replace(me, pid=2**22 + 1), replace(me, ticks=me.ticks + 1)):  # no such pid; a pid reused later
+        assert gone.local_evidence() is False
+        dead, why = holder_is_dead(gone, str(SERVER_NOW + 60), SERVER_NOW)
+        assert dead and "in this PID namespace is gone" in why
+
+
+def test_another_pid_namespace_machine_or_boot_is_decided_by_the_lease_on_the_servers_clock():
+    me = SessionIdentity()
+    for elsewhere in (replace(me, pidns="4026531836:1"), replace(me, machine_id="0" * 32),
+                      replace(me, boot_id="another-boot"), replace(me, host="twin")):
+        assert elsewhere.local_evidence() is None
+        assert holder_is_dead(elsewhere, str(SERVER_NOW + 30), SERVER_NOW) == (False, "its lease runs for 30 s more")
+        assert holder_is_dead(elsewhere, str(SERVER_NOW - 1), SERVER_NOW) == (True, "its lease ran out")
+        assert holder_is_dead(elsewhere, None, SERVER_NOW) == (True, "it holds no lease")
+    # the client's clock plays no part: a lease good by the server's clock is good however far ours is ahead
+    assert holder_is_dead(replace(me, pidns="x:1"), str(SERVER_NOW + 5), SERVER_NOW)[0] is False
+
+
+def test_a_tag_binds_to_the_instance_it_was_written_on():
+    me = SessionIdentity()
+    config = {OWNER_KEY: me.tag("default/web"), CREATED_KEY: me.tag("default/web")}
+    assert holder_at(config, "default/web") == me
+    assert holder_at(config, "default/web", CREATED_KEY) == me
+    assert holder_at(config, "default/web-copy") is None  # `lxc copy web web-copy` copied the keys
+    assert holder_at(config, "other/web") is None  # a copy into another project, same name
+    assert foreign_keys(config, "default/web") == []
+    assert foreign_keys({**config, "user.lxdsnap.power": "Running"}, "default/web-copy") == [
+        CREATED_KEY, OWNER_KEY, "user.lxdsnap.power"]
+
+
+def test_a_kept_state_binds_to_its_instance_too():
+    value = kept_value(1234.4, "default/lxdsnap-web-ab12-1")
+    assert kept_until(value, "default/lxdsnap-web-ab12-1") == 1234.0
+    assert kept_until(value, "default/debug-web") is None
+    assert kept_until("1234", "default/lxdsnap-web-ab12-1") is None  # an older plugin's value: not ours
+    assert foreign_keys({KEPT_KEY: value}, "default/debug-web") == [KEPT_KEY]
