@@ -256,6 +256,10 @@ def add_backports(root: Path = Path("/")) -> Path | None:
     uri = debian_archive(suite, root)
     if not (root / DEBIAN_KEYRING.lstrip("/")).is_file():
         raise LxdSnapError(f"{DEBIAN_KEYRING} is missing: `apt-get install debian-archive-keyring`, then rerun")
+    before = apt_rejects(root)
+    if before:
+        raise LxdSnapError(f"apt already refuses this host's sources, so setup adds none (nothing was written):\n"
+                           f"{before}\nFix them (`apt-get update` shows the same), then rerun.")
     target = root / BACKPORTS_SOURCES
     if target.exists():
         raise LxdSnapError(f"{target} exists but enables no {suite}-backports: fix or remove it, then rerun")
@@ -565,7 +569,7 @@ def set_fast_stop(fast: bool, log: Log, changes: ChangeLog, hook: stophook.Hook 
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         raise LxdSnapError(f"changing the lxcfs stop hook failed: {exc}") from None
     if changed and fast:
-        changes.add("fast-stop", hook=str(hook.path))
+        changes.add("fast-stop", hook=str(hook.path), original=str(hook.original), admindir=hook.admindir)
     elif changed:
         changes.drop("fast-stop")
     log(f"stop hook: {hook.path} is {stophook.state(hook)}" + ("" if changed else " (unchanged)"))
@@ -633,6 +637,10 @@ def _apt_extras(packages: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(removed) - set(packages)))
 
 
+def recorded_hook(data: dict[str, Any]) -> stophook.Hook:
+    return stophook.Hook(Path(data["hook"]), Path(data.get("original") or stophook.ORIGINAL), data.get("admindir"))
+
+
 def observe(change: Change, removing: list[str]) -> Seen:
     """Look at the host for ``change`` (``removing``: every recorded package being undone with it)."""
     d = change.data
@@ -650,7 +658,7 @@ def observe(change: Change, removing: list[str]) -> Seen:
             return Seen(gone=True)
         return Seen(changed="edited" if sha256(path) != d["sha256"] else "")
     if change.kind == "fast-stop":
-        return Seen(gone=stophook.state(stophook.Hook(Path(d["hook"]))) != "fast")
+        return Seen(gone=stophook.state(recorded_hook(d)) != "fast")
     daemon = ask_daemon(d["socket"])
     if change.kind == "daemon":
         if not daemon:
@@ -692,7 +700,7 @@ def apply(change: Change) -> None:
     if change.kind == "apt-source":
         Path(d["path"]).unlink()
     elif change.kind == "fast-stop":
-        stophook.disable(stophook.Hook(Path(d["hook"])))
+        stophook.disable(recorded_hook(d))
     elif change.kind == "daemon":
         backend = BACKENDS[change.backend]
         if d["how"] == "systemctl":
@@ -732,7 +740,6 @@ def undo(backend: Backend = LXD, state_file: Path = STATE_FILE, log: Log = print
     if not mine:
         log(f"nothing to undo: {state_file} records no change to {backend.name}")
         return True
-    keep = [c for c in changes if c.backend != backend.name]
     removing = [c.data["name"] for c in mine if c.kind == "package"]
     left: list[Change] = []
     batch: list[Change] = []
@@ -772,7 +779,7 @@ def undo(backend: Backend = LXD, state_file: Path = STATE_FILE, log: Log = print
             left.append(change)
             log(f"FAILED: {change.describe()}: {lxdapi.describe(exc)}")
     flush()
-    record.save(keep + [c for c in mine if c in left])
+    record.save([c for c in changes if c.backend != backend.name or any(c is kept for kept in left)])
     log(f"{len(left)} change(s) left, still recorded in {state_file}" if left else
         f"every recorded change to {backend.name} is undone")
     return ok
