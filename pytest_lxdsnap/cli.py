@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .backends import INCUS, LXD
 from .connection import Endpoint
 from .errors import LxdSnapError
-from .hostsetup import doctor, setup
+from .hostsetup import STATE_FILE, doctor, setup, undo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"Incus instead of LXD (socket {INCUS.socket}; Debian 12 installs it from backports)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_setup = sub.add_parser("setup", parents=[incus],
-                             help="Install and start LXD (or Incus), create a pool, import the test image")
+                             help="Install and start LXD (or Incus) unless one runs, create a pool, import the test "
+                             "image; records each change for --undo")
     p_setup.add_argument("--pool-driver", choices=["auto", "btrfs", "dir"], default="auto",
                          help="Driver of the pool created when none exists (auto: btrfs where the kernel has it)")
     fast = p_setup.add_mutually_exclusive_group()
@@ -32,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
                       help="Make lxcfs's 0.5 s post-stop pause run on container reboots only (dpkg-divert); "
                            "in-place resets get ~3x faster")
     fast.add_argument("--undo-fast-stop", dest="fast_stop", action="store_false",
-                      help="Put lxcfs's own post-stop hook back")
+                      help="Put lxcfs's own post-stop hook back (also repairs a half-done --fast-stop)")
+    fast.add_argument("--undo", action="store_true",
+                      help="Reverse what earlier setup runs recorded (with --incus: the Incus side), newest first; "
+                           "anything changed since or still in use is left, with the reason")
+    p_setup.add_argument("--state-file", type=Path, default=STATE_FILE,
+                         help=f"Where setup records its changes for --undo (default {STATE_FILE})")
     sub.add_parser("doctor", parents=[incus], help="Report what is present, what is missing, and the fix for each")
     p_gc = sub.add_parser("gc", parents=[incus], help="Restore and remove what dead lxdsnap sessions left "
                           "(instances, snapshots, tags, kept states past their expiry); live sessions stay untouched")
@@ -46,15 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     p_pub.add_argument("--alias", help="image alias (default: lxdsnap/<name>)")
     args = parser.parse_args(argv)
     backend = INCUS if getattr(args, "incus", False) else LXD
-    url = args.endpoint or (INCUS.socket if backend is INCUS else None)
+    # setup looks for a running daemon itself; the other commands talk to Incus at its socket
+    url = args.endpoint or (INCUS.socket if backend is INCUS and args.command != "setup" else None)
     endpoint = Endpoint(url=url, project=args.project, cert=args.cert, key=args.key,
                         server_cert=args.server_cert, insecure=args.insecure)
     if args.insecure:
         print(f"lxdsnap: WARNING TLS verification is off for {args.endpoint}", file=sys.stderr)
     try:
         if args.command == "setup":
-            setup(endpoint, log=lambda line: print(f"lxdsnap setup: {line}", flush=True),
-                  pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend)
+            log = lambda line: print(f"lxdsnap setup: {line}", flush=True)  # noqa: E731
+            if args.undo:
+                return 0 if undo(backend, args.state_file, log) else 1
+            setup(endpoint, log=log, pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend,
+                  state_file=args.state_file)
             return 0
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)
@@ -85,6 +96,7 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
     from .lxdapi import LXD_FAULTS, describe
     from .ownership import SessionIdentity
 
+    faults: tuple[type[BaseException], ...] = (*LXD_FAULTS, LxdSnapError)
     client = connect(endpoint)
     identity = SessionIdentity()
     if not dry_run:
@@ -106,7 +118,7 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
             try:
                 for line in garbage.clean():
                     print(f"  {line}")
-            except (*LXD_FAULTS, LxdSnapError) as exc:
+            except faults as exc:
                 failed += 1
                 print(f"  FAILED: {describe(exc)}", file=sys.stderr)
         if not cleaning:

@@ -9,6 +9,12 @@ stop too, and LXD's restore of a running instance is a stop, a restore and a sta
 ``lxdsnap setup --fast-stop`` diverts the hook the Debian way (``dpkg-divert``, so package upgrades
 keep it) and installs a wrapper that runs the original only when ``LXC_TARGET`` is ``reboot``.
 ``--undo-fast-stop`` puts the original back.
+
+Containers may stop while this runs, so the hook path never goes missing: the original is copied to
+its diverted name first, the diversion is registered without moving anything (``--no-rename``), and
+each file is written beside its target, fsynced and renamed over it. Both directions finish a
+half-done state (a crash, a full disk, or the older rename-first version of this module), so rerunning
+either option repairs the host.
 """
 
 from __future__ import annotations
@@ -16,49 +22,120 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 LXCFS_HOOK = Path("/usr/share/lxcfs/lxc.reboot.hook")
 ORIGINAL = Path("/usr/share/lxcfs/lxc.reboot.hook.distrib")
 MARKER = "# lxdsnap fast-stop"
-WRAPPER = f"""#!/bin/sh
+REINSTALL = "apt-get install --reinstall lxcfs"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """Where the hook and its diverted original live; tests point these into a tmp dir."""
+
+    path: Path = LXCFS_HOOK
+    original: Path = ORIGINAL
+    admindir: str | None = None  # dpkg's database directory (None: the host's)
+
+    @property
+    def wrapper(self) -> str:
+        return f"""#!/bin/sh
 {MARKER}: installed by `lxdsnap setup --fast-stop`; undo with `lxdsnap setup --undo-fast-stop`.
 # lxcfs pauses here to catch up when a container reboots. A stop (LXC_TARGET=stop) needs no pause.
 [ "${{LXC_TARGET:-reboot}}" = reboot ] || exit 0
-exec {ORIGINAL} "$@"
+exec {self.original} "$@"
 """
 
 
-def state() -> str:
-    """``absent`` (no lxcfs hook), ``fast`` (the wrapper is installed) or ``stock`` (sleeps on every stop)."""
-    if not LXCFS_HOOK.exists():
-        return "absent"
-    return "fast" if MARKER in LXCFS_HOOK.read_text(errors="replace") else "stock"
+HOST = Hook()
 
 
-def _divert(*args: str) -> None:
+def _is_wrapper(path: Path) -> bool:
+    return path.exists() and MARKER in path.read_text(errors="replace")
+
+
+def state(hook: Hook = HOST) -> str:
+    """``absent`` (no lxcfs hook), ``fast`` (the wrapper is installed), ``stock`` (sleeps on every stop) or
+    ``broken`` (a half-done change: the hook or the original it runs is missing)."""
+    if not hook.path.exists():
+        return "broken" if hook.original.exists() else "absent"
+    if _is_wrapper(hook.path):
+        return "fast" if hook.original.exists() else "broken"
+    return "stock"
+
+
+def write_atomic(target: Path, data: bytes, mode: int) -> None:
+    """Replace ``target`` with ``data``: readers see the old file or the new one, never a part or none."""
+    tmp = target.with_name(f".{target.name}.lxdsnap-tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def _dpkg_divert(hook: Hook, *args: str) -> str:
     if not shutil.which("dpkg-divert"):
         raise RuntimeError("dpkg-divert is missing: --fast-stop supports Debian and Ubuntu hosts only")
-    subprocess.run(["dpkg-divert", "--local", "--rename", "--divert", str(ORIGINAL), *args, str(LXCFS_HOOK)],
-                   check=True, stdout=subprocess.DEVNULL)
+    admin = ["--admindir", hook.admindir] if hook.admindir else []
+    return subprocess.run(["dpkg-divert", *admin, *args, str(hook.path)], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
-def enable() -> bool:
-    """Install the wrapper; False when there was nothing to do."""
-    if state() != "stock":
+def diverted(hook: Hook = HOST) -> bool:
+    """Whether dpkg diverts the hook to our ``original`` (another diversion raises RuntimeError)."""
+    true_name = _dpkg_divert(hook, "--truename")
+    if true_name not in (str(hook.path), str(hook.original)):
+        raise RuntimeError(f"{hook.path} is diverted to {true_name} by someone else: leave it, or undo that "
+                           f"diversion (dpkg-divert --list {hook.path}) first")
+    return true_name == str(hook.original)
+
+
+def _missing_original(hook: Hook) -> RuntimeError:
+    return RuntimeError(f"lxcfs's own hook {hook.original} is missing: `{REINSTALL}` puts it back, then rerun")
+
+
+def enable(hook: Hook = HOST) -> bool:
+    """Install the wrapper, finishing any half-done change; False when there was nothing to do."""
+    if state(hook) in ("absent", "fast") and (state(hook) == "absent" or diverted(hook)):
         return False
-    _divert("--add")
-    tmp = LXCFS_HOOK.with_name(LXCFS_HOOK.name + ".lxdsnap-tmp")
-    tmp.write_text(WRAPPER)
-    tmp.chmod(0o755)
-    os.replace(tmp, LXCFS_HOOK)  # containers stopping right now see the old or the new file, never half of one
+    if _is_wrapper(hook.path) and not hook.original.exists():
+        raise _missing_original(hook)
+    if hook.path.exists() and not _is_wrapper(hook.path):  # keep lxcfs's hook under its diverted name first
+        write_atomic(hook.original, hook.path.read_bytes(), _mode(hook.path))
+    if not diverted(hook):
+        _dpkg_divert(hook, "--local", "--no-rename", "--divert", str(hook.original), "--add")
+    if not _is_wrapper(hook.path):
+        write_atomic(hook.path, hook.wrapper.encode(), 0o755)
     return True
 
 
-def disable() -> bool:
-    """Put the package's hook back; False when the wrapper was not installed."""
-    if state() != "fast":
+def disable(hook: Hook = HOST) -> bool:
+    """Put the package's hook back, finishing any half-done change; False when there was nothing to do."""
+    if state(hook) in ("absent", "stock") and not diverted(hook) and not hook.original.exists():
         return False
-    LXCFS_HOOK.unlink()
-    _divert("--remove")
+    if not hook.path.exists() or _is_wrapper(hook.path):
+        if not hook.original.exists():
+            raise _missing_original(hook)
+        write_atomic(hook.path, hook.original.read_bytes(), _mode(hook.original))
+    if diverted(hook):
+        _dpkg_divert(hook, "--local", "--no-rename", "--remove")
+    hook.original.unlink(missing_ok=True)  # the hook path holds the same bytes now
     return True

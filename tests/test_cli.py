@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from .conftest import lxdsnap
 
@@ -15,12 +16,34 @@ def test_doctor_reports_a_ready_host(lxd_client):
     assert "FIX" not in result.stdout  # advisory findings print as TIP
 
 
-def test_setup_is_idempotent(lxd_client):
-    result = lxdsnap("setup")
+def test_setup_is_idempotent(lxd_client, tmp_path):
+    state = tmp_path / "state.json"
+    result = lxdsnap("setup", "--state-file", str(state))
     assert result.returncode == 0, result.stderr
     assert "already installed" in result.stdout
     assert "daemon: reachable" in result.stdout
     assert "image: lxdsnap/busybox present" in result.stdout
+    assert "changed nothing" in result.stdout and not state.exists()
+
+
+def test_setup_help_names_undo_and_the_state_file():
+    result = lxdsnap("setup", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--undo" in result.stdout and "/var/lib/lxdsnap/setup-changes.json" in result.stdout
+
+
+def test_undo_with_nothing_recorded_says_so(tmp_path):
+    result = lxdsnap("setup", "--undo", "--state-file", str(tmp_path / "none.json"))
+    assert result.returncode == 0, result.stderr
+    assert "nothing to undo" in result.stdout
+
+
+def test_undo_refuses_a_state_file_it_cannot_read(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    result = lxdsnap("setup", "--undo", "--state-file", str(state))
+    assert result.returncode == 1
+    assert f"{state} is not a setup record" in result.stderr and "fix or remove it" in result.stderr
 
 
 def test_doctor_names_the_fix_when_lxd_is_unreachable(tmp_path):
@@ -29,17 +52,20 @@ def test_doctor_names_the_fix_when_lxd_is_unreachable(tmp_path):
     assert "FIX daemon" in result.stdout and "-> lxdsnap setup" in result.stdout
 
 
-def test_fast_stop_skips_lxcfs_pause_on_stop_only_and_undoes_cleanly(make_instance):
+def test_fast_stop_skips_lxcfs_pause_on_stop_only_and_undoes_cleanly(make_instance, tmp_path):
     from pytest_lxdsnap import stophook
 
+    state = str(tmp_path / "state.json")
     before = stophook.state()
     assert before in ("stock", "fast"), "these hosts have lxcfs (a dependency of Debian's lxd)"
     original = (stophook.ORIGINAL if before == "fast" else stophook.LXCFS_HOOK).read_bytes()
     try:
-        result = lxdsnap("setup", "--fast-stop")
+        result = lxdsnap("setup", "--fast-stop", "--state-file", state)
         assert result.returncode == 0, result.stderr
         assert "stop hook: /usr/share/lxcfs/lxc.reboot.hook is fast" in result.stdout
         assert stophook.ORIGINAL.read_bytes() == original
+        if before == "stock":  # recorded for `setup --undo`
+            assert '"kind": "fast-stop"' in Path(state).read_text()
 
         def trace(target: str) -> str:
             env = {"PATH": "/usr/bin:/bin", "LXC_TARGET": target}
@@ -54,11 +80,12 @@ def test_fast_stop_skips_lxcfs_pause_on_stop_only_and_undoes_cleanly(make_instan
         assert "STOPPED" in subprocess.run(["lxc", "list", name, "-c", "s", "--format", "csv"], check=True,
                                            capture_output=True, text=True).stdout
 
-        result = lxdsnap("setup", "--undo-fast-stop")
+        result = lxdsnap("setup", "--undo-fast-stop", "--state-file", state)
         assert result.returncode == 0, result.stderr
         assert stophook.state() == "stock"
         assert stophook.LXCFS_HOOK.read_bytes() == original and not stophook.ORIGINAL.exists()
         assert "lxcfs" not in subprocess.run(["dpkg-divert", "--list"], capture_output=True, text=True).stdout
+        assert not Path(state).exists()  # undone by hand: nothing left for --undo
     finally:
-        lxdsnap("setup", "--fast-stop" if before == "fast" else "--undo-fast-stop")
+        lxdsnap("setup", "--fast-stop" if before == "fast" else "--undo-fast-stop", "--state-file", state)
     assert stophook.state() == before
