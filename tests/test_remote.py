@@ -3,10 +3,19 @@ whatever $REQUESTS_CA_BUNDLE says, and one clear message for each way the connec
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import re
 import socket
+import ssl
 import threading
+from collections.abc import Iterator
 
 import pytest
+
+from pytest_lxdsnap.connection import Endpoint, OffEndpoint, connect, https_session
+from pytest_lxdsnap.errors import LxdUnreachable
 
 from .conftest import PYPROJECT, assert_summary, instance_names, lxc, make_certificate, snapshot_names, user_config
 
@@ -150,3 +159,81 @@ def test_a_refused_tls_handshake_names_the_endpoint(pytester, https_lxd):
             thread.join()
     assert f"the TLS handshake with https://127.0.0.1:{port} failed" in message
     assert "Nothing was changed on the server" in message
+
+
+# -- the session talks to its endpoint only ------------------------------------------------------------------------
+
+def lxd_reply(metadata: dict[str, object]) -> bytes:
+    return json.dumps({"type": "sync", "status": "Success", "status_code": 200, "metadata": metadata}).encode()
+
+
+IMPOSTOR_INFO = {"auth": "trusted", "api_extensions": [], "environment": {"server": "lxd"}, "config": {}}
+
+
+def handler(redirect_to: str | None) -> type[http.server.BaseHTTPRequestHandler]:
+    """Answers every GET like LXD's /1.0 (a trusted client), or redirects it to ``redirect_to`` + its path."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if redirect_to:
+                self.send_response(302)
+                self.send_header("Location", redirect_to + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = lxd_reply(IMPOSTOR_INFO)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def loopback_server(cert: tuple[str, str] | None, redirect_to: str | None = None) -> Iterator[str]:
+    """An HTTP(S) server on 127.0.0.1 in a thread, for the length of the block; its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(redirect_to))
+    server.timeout = 5
+    if cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*cert)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if cert else 'http'}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "system-cas"])
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_the_session_refuses_every_origin_but_its_endpoint(https_lxd, pinned, scheme):
+    endpoint = Endpoint(url=https_lxd.url, cert=https_lxd.cert, key=https_lxd.key,
+                        server_cert=https_lxd.server_cert if pinned else None)
+    session = https_session(endpoint)
+    other = make_certificate(https_lxd.folder, "other-origin") if scheme == "https" else None
+    with loopback_server(other) as url:
+        with pytest.raises(OffEndpoint, match=f"only to {re.escape(https_lxd.url)}/.* refused {re.escape(url)}/1.0"):
+            session.get(f"{url}/1.0", timeout=10)
+    if pinned:  # the endpoint itself still answers, pinned
+        assert session.get(f"{https_lxd.url}/1.0", timeout=10).json()["metadata"]["auth"] == "trusted"
+
+
+def test_a_redirect_to_another_origin_is_refused_not_followed(https_lxd):
+    server_cert = make_certificate(https_lxd.folder, "redirecting")
+    impostor = make_certificate(https_lxd.folder, "impostor-origin")
+    with loopback_server(impostor) as elsewhere, loopback_server(server_cert, redirect_to=elsewhere) as url:
+        endpoint = Endpoint(url=url, cert=https_lxd.cert, key=https_lxd.key, server_cert=server_cert[0])
+        with pytest.raises(LxdUnreachable) as raised:
+            connect(endpoint)
+    message = str(raised.value)
+    assert f"sends requests only to {url}/" in message and f"refused {elsewhere}/1.0" in message
+    assert "point --lxd-endpoint at it" in message
