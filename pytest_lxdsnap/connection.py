@@ -185,7 +185,9 @@ def presented_certificate(url: str, timeout: float) -> bytes:
 
 def trusted_on_first_use(endpoint: Endpoint) -> Endpoint:
     """--lxd-insecure: ``endpoint`` pinned to the certificate its server presents now (fetched once, so what the
-    warning shows is what every later request is held to). Raises LxdUnreachable when nothing answers."""
+    warning shows is what every later request is held to). Raises ConfigError for options that do not fit,
+    LxdUnreachable when nothing answers."""
+    check_tls_files(endpoint)
     try:
         pem = presented_certificate(str(endpoint.url), endpoint.timeout)
     except OSError as exc:

@@ -11,13 +11,31 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
-from pytest_lxdsnap.connection import Endpoint, OffEndpoint, connect, https_session
+from pytest_lxdsnap.connection import (
+    Endpoint,
+    OffEndpoint,
+    connect,
+    fingerprint,
+    https_session,
+    pinned_fingerprint,
+    trusted_on_first_use,
+)
 from pytest_lxdsnap.errors import LxdUnreachable
 
-from .conftest import PYPROJECT, assert_summary, instance_names, lxc, make_certificate, snapshot_names, user_config
+from .conftest import (
+    PYPROJECT,
+    assert_summary,
+    instance_names,
+    lxc,
+    lxdsnap,
+    make_certificate,
+    snapshot_names,
+    user_config,
+)
 
 DIRTIES = """
 import socket
@@ -99,7 +117,13 @@ def test_without_a_pinned_certificate_the_self_signed_server_is_refused_with_the
     assert "--lxd-server-cert PATH" in message
 
 
-def test_insecure_works_but_says_so(pytester, https_lxd, make_instance):
+def colon_fingerprint(pem_path: str) -> str:
+    with open(pem_path, "rb") as fh:
+        digest = fingerprint(fh.read())
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def test_insecure_works_but_shows_the_fingerprint_it_trusted(pytester, https_lxd, make_instance):
     name = make_instance()
     pytester.makefile(".toml", pyproject=PYPROJECT)
     pytester.makepyfile(f"""
@@ -112,8 +136,27 @@ def test_insecure_works_but_says_so(pytester, https_lxd, make_instance):
     result = pytester.runpytest(f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={https_lxd.cert}",
                                 f"--lxd-key={https_lxd.key}", "--lxd-insecure")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"lxdsnap: WARNING TLS verification is off for {https_lxd.url} (--lxd-insecure)*",
-                                 f"NOTE TLS verification is off for {https_lxd.url}*--lxd-server-cert*"])
+    trusted = (f"TLS verification is off for {https_lxd.url} (--lxd-insecure): trusting the certificate it presented, "
+               f"SHA-256 fingerprint {colon_fingerprint(https_lxd.server_cert)}; *--lxd-server-cert")
+    result.stdout.fnmatch_lines([f"lxdsnap: WARNING {trusted}", f"NOTE {trusted}"])
+
+
+def test_the_cli_insecure_warning_shows_the_fingerprint_it_trusted(https_lxd):
+    done = lxdsnap("--endpoint", https_lxd.url, "--cert", https_lxd.cert, "--key", https_lxd.key, "--insecure",
+                   "publish", "t-lxdsnap-nothing-kept")
+    assert done.returncode == 1 and "no kept build of declared container 't-lxdsnap-nothing-kept'" in done.stderr
+    assert (f"lxdsnap: WARNING TLS verification is off for {https_lxd.url} (--lxd-insecure): trusting the certificate "
+            f"it presented, SHA-256 fingerprint {colon_fingerprint(https_lxd.server_cert)}; ") in done.stderr
+
+
+def test_insecure_pins_what_it_trusted_first(https_lxd):
+    endpoint = Endpoint(url=https_lxd.url, cert=https_lxd.cert, key=https_lxd.key, insecure=True)
+    pinned = trusted_on_first_use(endpoint)
+    assert pinned.fingerprint == colon_fingerprint(https_lxd.server_cert).replace(":", "")
+    assert pinned_fingerprint(connect(pinned)) == pinned.fingerprint
+    assert pinned_fingerprint(connect(endpoint)) == pinned.fingerprint  # fetched at connect when not yet pinned
+    with pytest.raises(LxdUnreachable, match="is not the one"):  # a different server later is refused
+        connect(replace(endpoint, fingerprint="00" * 32))
 
 
 def test_an_unreachable_endpoint_names_it(pytester, https_lxd):
