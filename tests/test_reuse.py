@@ -4,6 +4,7 @@ declaration; `lxdsnap gc` removes kept ones; `lxdsnap publish` makes an image of
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import sys
 
@@ -89,3 +90,63 @@ def test_reuse_keeps_the_build_until_the_declaration_changes(pytester, lxd_clien
         for leftover in kept(lxd_client):
             lxc("delete", "--force", leftover)
         subprocess.run(["lxc", "image", "delete", "t-lxdsnap/web"], capture_output=True, check=False)
+
+
+def two_declarations(name: str, changed: bool = False) -> str:
+    """``name`` and ``name``-2 declared side by side (unique names: other sessions may share the daemon)."""
+    extra = 'config = { "user.changed" = "yes" }\n' if changed else ""
+    return PYPROJECT + f"""
+[tool.lxdsnap.containers.{name}]
+image = "lxdsnap/busybox"
+{extra}
+[tool.lxdsnap.containers.{name}-2]
+image = "lxdsnap/busybox"
+"""
+
+
+def uses(*names: str, fail: bool = False) -> str:
+    tests = "import pytest\n"
+    for i, name in enumerate(names):
+        tests += f"""
+@pytest.mark.lxd("{name}")
+def test_{i}(lxd):
+    lxd["{name}"].write_text("/root/dirty", "x")
+    assert not {fail}
+"""
+    return tests
+
+
+def kept_builds(client, name: str) -> list[str]:
+    """Kept builds of exactly ``name`` (lxdsnap-keep-<name>-<10 hex>), by their names."""
+    return sorted(n for n in instance_names(client) if re.fullmatch(rf"lxdsnap-keep-{name}-[0-9a-f]{{10}}", n))
+
+
+def test_a_declared_name_matches_its_own_kept_builds_only(pytester, lxd_client):
+    name = f"w{secrets.token_hex(3)}"
+    alias = f"t-lxdsnap/{name}"
+    pytester.makefile(".toml", pyproject=two_declarations(name))
+    try:
+        # web's build, then a failed test's kept copy of it, then web-2's: web-2's build is the newest
+        pytester.makepyfile(uses(name, fail=True))
+        pytester.runpytest("--lxd-reuse", "--lxd-keep-failed").assert_outcomes(failed=1)
+        pytester.makepyfile(uses(f"{name}-2"))
+        pytester.runpytest("--lxd-reuse").assert_outcomes(passed=1)
+        (own,), (other,) = kept_builds(lxd_client, name), kept_builds(lxd_client, f"{name}-2")
+
+        published = lxdsnap("publish", name, "--alias", alias)
+        assert published.returncode == 0, published.stderr
+        target = lxd_client.api.images.aliases[alias].get().json()["metadata"]["target"]
+        description = lxd_client.api.images[target].get().json()["metadata"]["properties"]["description"]
+        assert description == f"lxdsnap baseline of {name} ({own})"
+
+        pytester.makefile(".toml", pyproject=two_declarations(name, changed=True))
+        pytester.makepyfile(uses(name, f"{name}-2"))
+        result = pytester.runpytest("--lxd-reuse")
+        result.assert_outcomes(passed=2)
+        result.stdout.fnmatch_lines([f"NOTE deleted {own}: the declaration of '{name}' changed since it was built"])
+        assert other in kept_builds(lxd_client, f"{name}-2")
+        assert f"deleted {other}" not in result.stdout.str()
+    finally:
+        for leftover in sorted(n for n in instance_names(lxd_client) if n.startswith(f"lxdsnap-keep-{name}-")):
+            lxc("delete", "--force", leftover)
+        subprocess.run(["lxc", "image", "delete", alias], capture_output=True, check=False)
