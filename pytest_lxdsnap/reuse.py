@@ -61,29 +61,37 @@ def declaration_hash(client: pylxd.Client, spec: ContainerSpec) -> str:
 TOKEN_LENGTH = 8  # a session's token (4 random bytes in hex); under pytest-xdist "gw<N>" and 6 hex digits
 
 
-def longest_generated_name(name: str, *, uses: int, reuse: bool = False, token_length: int = TOKEN_LENGTH) -> str:
+def longest_generated_name(name: str, *, uses: int, reuse: bool = False, keep_failed: bool = False,
+                           token_length: int = TOKEN_LENGTH) -> str:
     """The longest instance name a session may make for the declared container ``name`` (placeholders of the
     right length): the base ``lxdsnap-<name>-<token>``, or ``lxdsnap-keep-<name>-<hash>`` with --lxd-reuse; with
-    ``uses`` > 0 the clones ``<base>-<n>`` and failed tests' copies ``<base>-failed-<n>``, ``n`` up to ``uses``."""
+    ``uses`` > 0 its clones ``<base>-<n>``, and with --lxd-keep-failed failed tests' copies ``<base>-failed-<n>``,
+    ``n`` up to ``uses``."""
     if reuse:
         base = f"{REUSE_PREFIX}{name}-{'0' * DIGEST_LENGTH}"
     else:
         base = f"{INSTANCE_PREFIX}{name}-{'0' * token_length}"
-    return f"{base}-failed-{uses}" if uses > 0 else base
+    if uses <= 0:
+        return base
+    return f"{base}-failed-{uses}" if keep_failed else f"{base}-{uses}"
 
 
-def max_name_length(*, uses: int, reuse: bool = False, token_length: int = TOKEN_LENGTH) -> int:
+def max_name_length(*, uses: int, reuse: bool = False, keep_failed: bool = False,
+                    token_length: int = TOKEN_LENGTH) -> int:
     """The longest declared container name whose generated names all fit LXD's limit."""
-    return MAX_INSTANCE_NAME - len(longest_generated_name("", uses=uses, reuse=reuse, token_length=token_length))
+    stand_in = longest_generated_name("", uses=uses, reuse=reuse, keep_failed=keep_failed, token_length=token_length)
+    return MAX_INSTANCE_NAME - len(stand_in)
 
 
-def too_long_message(name: str, *, uses: int, reuse: bool = False, token_length: int = TOKEN_LENGTH) -> str | None:
+def too_long_message(name: str, *, uses: int, reuse: bool = False, keep_failed: bool = False,
+                     token_length: int = TOKEN_LENGTH) -> str | None:
     """Why the declared container ``name`` cannot be used (a name made for it would pass LXD's limit), or None."""
-    longest = longest_generated_name(name, uses=uses, reuse=reuse, token_length=token_length)
+    longest = longest_generated_name(name, uses=uses, reuse=reuse, keep_failed=keep_failed, token_length=token_length)
     if len(longest) <= MAX_INSTANCE_NAME:
         return None
-    limit = max_name_length(uses=uses, reuse=reuse, token_length=token_length)
-    given = " and --lxd-reuse" if reuse else ""
+    limit = MAX_INSTANCE_NAME - (len(longest) - len(name))  # what the name may take of the generated one
+    given = "".join(f" and {option}" for option, on in (("--lxd-reuse", reuse), ("--lxd-keep-failed", keep_failed))
+                    if on)
     return (f"[{TABLE}.containers.{name}]: instance names made for it reach {len(longest)} characters (like "
             f"{longest!r}), past LXD's limit of {MAX_INSTANCE_NAME}; with {uses} container uses in this run{given}, "
             f"a declared container's name may have at most {limit} characters: give it a shorter name")
