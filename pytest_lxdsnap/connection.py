@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from .errors import LxdUnreachable
 
 if TYPE_CHECKING:
     import pylxd
@@ -36,7 +37,8 @@ class Endpoint:
     cert: str | None = None  # client certificate (PEM) for an https:// endpoint
     key: str | None = None  # its private key
     server_cert: str | None = None  # pin the server's certificate (PEM), whatever the CA bundles say
-    insecure: bool = False  # do not verify the server at all (needs an explicit option; warned about)
+    insecure: bool = False  # trust the certificate the server presents first (an explicit option; warned about)
+    fingerprint: str | None = None  # --lxd-insecure: the SHA-256 (hex) it pins, once trusted_on_first_use fetched it
 
     @property
     def is_https(self) -> bool:
@@ -80,10 +82,27 @@ def check_tls_files(endpoint: Endpoint) -> None:
             raise ConfigError(f"{option} {path}: no such readable file")
 
 
+OFF_ENDPOINT = "lxdsnap sends requests only to"
+
+
+class OffEndpoint(LxdUnreachable):
+    """The session was asked to send a request outside its endpoint's origin, and refused."""
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port/`` of a URL: the prefix the session's pinned adapter is mounted for (with the slash,
+    so that https://host:84 does not also cover https://host:8443)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/".lower()
+
+
 def https_session(endpoint: Endpoint) -> requests.Session:
     """The session pylxd uses for an https:// endpoint: client certificate, and the server's certificate pinned
     by fingerprint (--lxd-server-cert, or with --lxd-insecure whatever it presents when the session starts),
-    else verified against the system's CAs."""
+    else verified against the system's CAs. It sends nothing anywhere else: a request to another origin (a
+    redirect, or an address in an answer) is refused before it connects. ``session.fingerprint`` is the pin."""
     import requests
     from pylxd.client import DEFAULT_CERTS
 
@@ -91,6 +110,8 @@ def https_session(endpoint: Endpoint) -> requests.Session:
         """Keeps its `verify` when $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE are set: requests would let them
         override it on every request, and pylxd would then pin the fingerprint of the bundle's first
         certificate instead of the server's ("Fingerprints did not match"). Proxies still apply."""
+
+        fingerprint: str | None = None
 
         def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
             settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
@@ -109,18 +130,38 @@ def https_session(endpoint: Endpoint) -> requests.Session:
             conn.assert_fingerprint = self.fingerprint
             super().cert_verify(conn, url, False, cert)
 
+    class OffEndpointAdapter(requests.adapters.BaseAdapter):
+        """Mounted for every origin but the endpoint's: refuses to connect, so neither a redirect nor an
+        address the server answers with can take the client certificate elsewhere or skip the pin."""
+
+        def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OffEndpoint(f"{OFF_ENDPOINT} {home} (the --lxd-endpoint it verified); refused {request.url} "
+                              "(a redirect, or an address the server answered with). If LXD moved, point "
+                              "--lxd-endpoint at it. Nothing was sent there.")
+
+        def close(self) -> None:
+            pass
+
+    home = origin(str(endpoint.url))
     session = PinnedSession()
+    refuse = OffEndpointAdapter()
+    session.mount("https://", refuse)  # every origin but the endpoint's (requests picks the longest prefix)
+    session.mount("http://", refuse)
     if endpoint.cert and endpoint.key:
         session.cert = (endpoint.cert, endpoint.key)
     elif os.path.exists(DEFAULT_CERTS.cert) and os.path.exists(DEFAULT_CERTS.key):
         session.cert = (DEFAULT_CERTS.cert, DEFAULT_CERTS.key)  # what `lxc` itself uses
     if endpoint.server_cert or endpoint.insecure:
-        with open(endpoint.server_cert, "rb") if endpoint.server_cert else nullcontext(None) as fh:
-            pem = fh.read() if fh else presented_certificate(str(endpoint.url), endpoint.timeout)
+        if endpoint.server_cert:
+            with open(endpoint.server_cert, "rb") as fh:
+                session.fingerprint = fingerprint(fh.read())
+        else:
+            session.fingerprint = endpoint.fingerprint or trusted_on_first_use(endpoint).fingerprint
         session.verify = False
-        session.mount(str(endpoint.url).rstrip("/"), FingerprintAdapter(fingerprint(pem)))
+        session.mount(home, FingerprintAdapter(str(session.fingerprint)))
     else:
         session.verify = True  # the system's CA store: a server certificate signed by a CA
+        session.mount(home, requests.adapters.HTTPAdapter())
     return session
 
 
@@ -138,7 +179,36 @@ def presented_certificate(url: str, timeout: float) -> bytes:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    return ssl.get_server_certificate((parts.hostname or "", parts.port or 8443), timeout=timeout).encode()
+    port = parts.port or 443  # where requests connects for this URL, so the pin is for the same server
+    return ssl.get_server_certificate((parts.hostname or "", port), timeout=timeout).encode()
+
+
+def trusted_on_first_use(endpoint: Endpoint) -> Endpoint:
+    """--lxd-insecure: ``endpoint`` pinned to the certificate its server presents now (fetched once, so what the
+    warning shows is what every later request is held to). Raises ConfigError for options that do not fit,
+    LxdUnreachable when nothing answers."""
+    check_tls_files(endpoint)
+    try:
+        pem = presented_certificate(str(endpoint.url), endpoint.timeout)
+    except OSError as exc:
+        raise LxdUnreachable(unreachable_message(endpoint, exc)) from None
+    return replace(endpoint, fingerprint=fingerprint(pem))
+
+
+def pinned_fingerprint(client: pylxd.Client) -> str | None:
+    """The SHA-256 fingerprint (hex) a client's HTTPS session holds the server to; None for a socket or CAs."""
+    return getattr(client.api.session, "fingerprint", None)
+
+
+def insecure_warning(endpoint: Endpoint, digest: str | None) -> str:
+    """What --lxd-insecure trusted: the warning for the header, the summary and the CLI."""
+    if not digest:
+        return (f"TLS verification is off for {endpoint.url} (--lxd-insecure): anyone on the path can pose as the "
+                "server; pin its certificate with --lxd-server-cert instead")
+    pairs = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return (f"TLS verification is off for {endpoint.url} (--lxd-insecure): trusting the certificate it presented, "
+            f"SHA-256 fingerprint {pairs}; compare it with certificate_fingerprint in the server's `lxc info`, "
+            "then pin the certificate with --lxd-server-cert")
 
 
 def tls_failure_message(endpoint: Endpoint, exc: BaseException) -> str:
@@ -180,7 +250,7 @@ def connect(endpoint: Endpoint) -> pylxd.Client:
     import requests
     from pylxd.exceptions import ClientConnectionFailed, LXDAPIException
 
-    from .errors import ConfigError, LxdUnreachable
+    from .errors import ConfigError
 
     url = endpoint.url
     if url and not url.startswith(("https://", "/")):
@@ -194,7 +264,7 @@ def connect(endpoint: Endpoint) -> pylxd.Client:
         session = https_session(endpoint) if endpoint.is_https else None
     except ValueError as exc:  # not a PEM certificate
         raise ConfigError(f"--lxd-server-cert {endpoint.server_cert}: not a PEM certificate ({exc})") from None
-    except OSError as exc:  # --lxd-insecure could not even fetch the server's certificate
+    except OSError as exc:  # --lxd-server-cert became unreadable since it was checked
         raise LxdUnreachable(unreachable_message(endpoint, exc)) from None
     try:
         with warnings.catch_warnings():

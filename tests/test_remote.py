@@ -3,12 +3,39 @@ whatever $REQUESTS_CA_BUNDLE says, and one clear message for each way the connec
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import re
 import socket
+import ssl
 import threading
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
-from .conftest import PYPROJECT, assert_summary, instance_names, lxc, make_certificate, snapshot_names, user_config
+from pytest_lxdsnap.connection import (
+    Endpoint,
+    OffEndpoint,
+    connect,
+    fingerprint,
+    https_session,
+    pinned_fingerprint,
+    trusted_on_first_use,
+)
+from pytest_lxdsnap.errors import LxdUnreachable
+
+from .conftest import (
+    PYPROJECT,
+    assert_summary,
+    instance_names,
+    lxc,
+    lxdsnap,
+    make_certificate,
+    snapshot_names,
+    user_config,
+)
 
 DIRTIES = """
 import socket
@@ -90,7 +117,13 @@ def test_without_a_pinned_certificate_the_self_signed_server_is_refused_with_the
     assert "--lxd-server-cert PATH" in message
 
 
-def test_insecure_works_but_says_so(pytester, https_lxd, make_instance):
+def colon_fingerprint(pem_path: str) -> str:
+    with open(pem_path, "rb") as fh:
+        digest = fingerprint(fh.read())
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def test_insecure_works_but_shows_the_fingerprint_it_trusted(pytester, https_lxd, make_instance):
     name = make_instance()
     pytester.makefile(".toml", pyproject=PYPROJECT)
     pytester.makepyfile(f"""
@@ -103,8 +136,27 @@ def test_insecure_works_but_says_so(pytester, https_lxd, make_instance):
     result = pytester.runpytest(f"--lxd-endpoint={https_lxd.url}", f"--lxd-cert={https_lxd.cert}",
                                 f"--lxd-key={https_lxd.key}", "--lxd-insecure")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"lxdsnap: WARNING TLS verification is off for {https_lxd.url} (--lxd-insecure)*",
-                                 f"NOTE TLS verification is off for {https_lxd.url}*--lxd-server-cert*"])
+    trusted = (f"TLS verification is off for {https_lxd.url} (--lxd-insecure): trusting the certificate it presented, "
+               f"SHA-256 fingerprint {colon_fingerprint(https_lxd.server_cert)}; *--lxd-server-cert")
+    result.stdout.fnmatch_lines([f"lxdsnap: WARNING {trusted}", f"NOTE {trusted}"])
+
+
+def test_the_cli_insecure_warning_shows_the_fingerprint_it_trusted(https_lxd):
+    done = lxdsnap("--endpoint", https_lxd.url, "--cert", https_lxd.cert, "--key", https_lxd.key, "--insecure",
+                   "publish", "t-lxdsnap-nothing-kept")
+    assert done.returncode == 1 and "no kept build of declared container 't-lxdsnap-nothing-kept'" in done.stderr
+    assert (f"lxdsnap: WARNING TLS verification is off for {https_lxd.url} (--lxd-insecure): trusting the certificate "
+            f"it presented, SHA-256 fingerprint {colon_fingerprint(https_lxd.server_cert)}; ") in done.stderr
+
+
+def test_insecure_pins_what_it_trusted_first(https_lxd):
+    endpoint = Endpoint(url=https_lxd.url, cert=https_lxd.cert, key=https_lxd.key, insecure=True)
+    pinned = trusted_on_first_use(endpoint)
+    assert pinned.fingerprint == colon_fingerprint(https_lxd.server_cert).replace(":", "")
+    assert pinned_fingerprint(connect(pinned)) == pinned.fingerprint
+    assert pinned_fingerprint(connect(endpoint)) == pinned.fingerprint  # fetched at connect when not yet pinned
+    with pytest.raises(LxdUnreachable, match="is not the one"):  # a different server later is refused
+        connect(replace(endpoint, fingerprint="00" * 32))
 
 
 def test_an_unreachable_endpoint_names_it(pytester, https_lxd):
@@ -150,3 +202,81 @@ def test_a_refused_tls_handshake_names_the_endpoint(pytester, https_lxd):
             thread.join()
     assert f"the TLS handshake with https://127.0.0.1:{port} failed" in message
     assert "Nothing was changed on the server" in message
+
+
+# -- the session talks to its endpoint only ------------------------------------------------------------------------
+
+def lxd_reply(metadata: dict[str, object]) -> bytes:
+    return json.dumps({"type": "sync", "status": "Success", "status_code": 200, "metadata": metadata}).encode()
+
+
+IMPOSTOR_INFO = {"auth": "trusted", "api_extensions": [], "environment": {"server": "lxd"}, "config": {}}
+
+
+def handler(redirect_to: str | None) -> type[http.server.BaseHTTPRequestHandler]:
+    """Answers every GET like LXD's /1.0 (a trusted client), or redirects it to ``redirect_to`` + its path."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if redirect_to:
+                self.send_response(302)
+                self.send_header("Location", redirect_to + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = lxd_reply(IMPOSTOR_INFO)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def loopback_server(cert: tuple[str, str] | None, redirect_to: str | None = None) -> Iterator[str]:
+    """An HTTP(S) server on 127.0.0.1 in a thread, for the length of the block; its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(redirect_to))
+    server.timeout = 5
+    if cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*cert)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if cert else 'http'}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "system-cas"])
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_the_session_refuses_every_origin_but_its_endpoint(https_lxd, pinned, scheme):
+    endpoint = Endpoint(url=https_lxd.url, cert=https_lxd.cert, key=https_lxd.key,
+                        server_cert=https_lxd.server_cert if pinned else None)
+    session = https_session(endpoint)
+    other = make_certificate(https_lxd.folder, "other-origin") if scheme == "https" else None
+    with loopback_server(other) as url:
+        with pytest.raises(OffEndpoint, match=f"only to {re.escape(https_lxd.url)}/.* refused {re.escape(url)}/1.0"):
+            session.get(f"{url}/1.0", timeout=10)
+    if pinned:  # the endpoint itself still answers, pinned
+        assert session.get(f"{https_lxd.url}/1.0", timeout=10).json()["metadata"]["auth"] == "trusted"
+
+
+def test_a_redirect_to_another_origin_is_refused_not_followed(https_lxd):
+    server_cert = make_certificate(https_lxd.folder, "redirecting")
+    impostor = make_certificate(https_lxd.folder, "impostor-origin")
+    with loopback_server(impostor) as elsewhere, loopback_server(server_cert, redirect_to=elsewhere) as url:
+        endpoint = Endpoint(url=url, cert=https_lxd.cert, key=https_lxd.key, server_cert=server_cert[0])
+        with pytest.raises(LxdUnreachable) as raised:
+            connect(endpoint)
+    message = str(raised.value)
+    assert f"sends requests only to {url}/" in message and f"refused {elsewhere}/1.0" in message
+    assert "point --lxd-endpoint at it" in message

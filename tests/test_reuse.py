@@ -4,13 +4,20 @@ declaration; `lxdsnap gc` removes kept ones; `lxdsnap publish` makes an image of
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import sys
 
-from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.ownership import OWNER_KEY
+import pytest
+from pylxd.exceptions import LXDAPIException
 
-from .conftest import PYPROJECT, instance_names, lxc
+from pytest_lxdsnap import lxdapi, reuse
+from pytest_lxdsnap.errors import ConfigError
+from pytest_lxdsnap.ownership import CREATED_KEY, INSTANCE_PREFIX, KEPT_KEY, OWNER_KEY, REUSE_KEY, SessionIdentity
+from pytest_lxdsnap.reuse import REUSE_NAME_KEY
+from pytest_lxdsnap.settings import parse_container
+
+from .conftest import PYPROJECT, TEST_PREFIX, instance_names, lxc
 
 DECLARATION = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -89,3 +96,186 @@ def test_reuse_keeps_the_build_until_the_declaration_changes(pytester, lxd_clien
         for leftover in kept(lxd_client):
             lxc("delete", "--force", leftover)
         subprocess.run(["lxc", "image", "delete", "t-lxdsnap/web"], capture_output=True, check=False)
+
+
+def two_declarations(name: str, changed: bool = False) -> str:
+    """``name`` and ``name``-2 declared side by side (unique names: other sessions may share the daemon)."""
+    extra = 'config = { "user.changed" = "yes" }\n' if changed else ""
+    return PYPROJECT + f"""
+[tool.lxdsnap.containers.{name}]
+image = "lxdsnap/busybox"
+{extra}
+[tool.lxdsnap.containers.{name}-2]
+image = "lxdsnap/busybox"
+"""
+
+
+def uses(*names: str, fail: bool = False) -> str:
+    tests = "import pytest\n"
+    for i, name in enumerate(names):
+        tests += f"""
+@pytest.mark.lxd("{name}")
+def test_{i}(lxd):
+    lxd["{name}"].write_text("/root/dirty", "x")
+    assert not {fail}
+"""
+    return tests
+
+
+def kept_builds(client, name: str) -> list[str]:
+    """Kept builds of exactly ``name`` (lxdsnap-keep-<name>-<10 hex>), by their names."""
+    return sorted(n for n in instance_names(client) if re.fullmatch(rf"lxdsnap-keep-{name}-[0-9a-f]{{10}}", n))
+
+
+def test_a_declared_name_matches_its_own_kept_builds_only(pytester, lxd_client):
+    name = f"w{secrets.token_hex(3)}"
+    alias = f"t-lxdsnap/{name}"
+    pytester.makefile(".toml", pyproject=two_declarations(name))
+    try:
+        # web's build, then a failed test's kept copy of it, then web-2's: web-2's build is the newest
+        pytester.makepyfile(uses(name, fail=True))
+        pytester.runpytest("--lxd-reuse", "--lxd-keep-failed").assert_outcomes(failed=1)
+        pytester.makepyfile(uses(f"{name}-2"))
+        pytester.runpytest("--lxd-reuse").assert_outcomes(passed=1)
+        (own,), (other,) = kept_builds(lxd_client, name), kept_builds(lxd_client, f"{name}-2")
+
+        published = lxdsnap("publish", name, "--alias", alias)
+        assert published.returncode == 0, published.stderr
+        target = lxd_client.api.images.aliases[alias].get().json()["metadata"]["target"]
+        description = lxd_client.api.images[target].get().json()["metadata"]["properties"]["description"]
+        assert description == f"lxdsnap baseline of {name} ({own})"
+
+        pytester.makefile(".toml", pyproject=two_declarations(name, changed=True))
+        pytester.makepyfile(uses(name, f"{name}-2"))
+        result = pytester.runpytest("--lxd-reuse")
+        result.assert_outcomes(passed=2)
+        result.stdout.fnmatch_lines([f"NOTE deleted {own}: the declaration of '{name}' changed since it was built"])
+        assert other in kept_builds(lxd_client, f"{name}-2")
+        assert f"deleted {other}" not in result.stdout.str()
+    finally:
+        for leftover in sorted(n for n in instance_names(lxd_client) if n.startswith(f"lxdsnap-keep-{name}-")):
+            lxc("delete", "--force", leftover)
+        subprocess.run(["lxc", "image", "delete", alias], capture_output=True, check=False)
+
+
+# -- which kept builds a declared name owns (records as LXD lists them) --------------------------------------------
+
+def record(name: str, **config: str) -> dict[str, object]:
+    return {"name": name, "config": config}
+
+
+BUILD = "0123456789"
+
+
+def test_a_kept_build_belongs_to_its_exact_declared_name_only():
+    web = record(f"lxdsnap-keep-web-{BUILD}", **{REUSE_KEY: BUILD, REUSE_NAME_KEY: "web"})
+    web_2 = record(f"lxdsnap-keep-web-2-{BUILD}", **{REUSE_KEY: BUILD, REUSE_NAME_KEY: "web-2"})
+    assert reuse.belongs(web, "web") and not reuse.belongs(web, "web-2")
+    assert reuse.belongs(web_2, "web-2") and not reuse.belongs(web_2, "web")
+    assert reuse.belongs(record(f"lxdsnap-keep-web-{BUILD}", **{REUSE_KEY: BUILD}), "web")  # built before the name key
+    not_web = [
+        record(f"lxdsnap-keep-web-{BUILD}", **{REUSE_KEY: BUILD, REUSE_NAME_KEY: "web-2"}),  # the key decides
+        record(f"lxdsnap-keep-web-{BUILD}", **{REUSE_KEY: "9876543210"}),  # not its own hash
+        record(f"lxdsnap-keep-web-{BUILD}"),  # no reuse key: a user's instance
+        record("lxdsnap-keep-web-0123ABCDEF", **{REUSE_KEY: "0123ABCDEF"}),  # not a hash of the right shape
+        record("lxdsnap-keep-web-012345678", **{REUSE_KEY: "012345678"}),
+        record("lxdsnap-keep-web-x", **{REUSE_KEY: "x"}),
+        record(f"lxdsnap-keep-web-{BUILD}-3", **{REUSE_KEY: BUILD, CREATED_KEY: "{}"}),  # a session's clone of it
+        record(f"lxdsnap-keep-web-{BUILD}-failed-1", **{REUSE_KEY: BUILD, KEPT_KEY: "1"}),  # a failed test's copy
+        record(f"lxdsnap-keep-web-{BUILD}", **{REUSE_KEY: BUILD, KEPT_KEY: "1"}),
+    ]
+    assert [r["name"] for r in not_web if reuse.belongs(r, "web")] == []
+
+
+def test_a_kept_build_is_made_with_its_hash_and_declared_name():
+    assert reuse.kept_tags(parse_container("web-2", {"image": "x"}), BUILD) == {REUSE_KEY: BUILD,
+                                                                                  REUSE_NAME_KEY: "web-2"}
+
+
+# -- names made for a declared container fit LXD's 63 characters -----------------------------------------------
+
+def test_the_longest_generated_name_of_a_declared_container():
+    assert reuse.longest_generated_name("web", uses=0) == "lxdsnap-web-00000000"
+    assert reuse.longest_generated_name("web", uses=12) == "lxdsnap-web-00000000-12"  # its 12th clone
+    assert reuse.longest_generated_name("web", uses=12, keep_failed=True) == "lxdsnap-web-00000000-failed-12"
+    assert reuse.longest_generated_name("web", uses=12, token_length=10) == "lxdsnap-web-0000000000-12"  # gw12abcdef
+    assert reuse.longest_generated_name("web", uses=12, reuse=True, keep_failed=True) == (
+        "lxdsnap-keep-web-0000000000-failed-12")
+    assert reuse.max_name_length(uses=9) == 63 - len("lxdsnap--00000000-9") == 44
+    assert reuse.max_name_length(uses=9, keep_failed=True) == 63 - len("lxdsnap--00000000-failed-9") == 37
+    assert reuse.max_name_length(uses=9, reuse=True, keep_failed=True) == 63 - len(
+        "lxdsnap-keep--0000000000-failed-9") == 30
+
+
+def test_the_stand_ins_have_the_length_of_the_real_names():
+    spec = parse_container("web", {"image": "x"})
+    assert len(f"{INSTANCE_PREFIX}web-{SessionIdentity().token}") == len(reuse.longest_generated_name("web", uses=0))
+    assert len(reuse.kept_name(spec, "f" * reuse.DIGEST_LENGTH)) == len(
+        reuse.longest_generated_name("web", uses=0, reuse=True))
+
+
+def test_a_name_too_long_for_its_generated_names_is_refused_with_the_limit():
+    longest = "a" * 40  # what the declaration's name pattern allows
+    assert reuse.too_long_message(longest, uses=9) is None  # its clones fit
+    assert reuse.too_long_message("a" * 37, uses=9, keep_failed=True) is None
+    message = reuse.too_long_message(longest, uses=9, keep_failed=True)
+    assert message == (
+        f"[tool.lxdsnap.containers.{longest}]: instance names made for it reach 66 characters (like "
+        f"'lxdsnap-{longest}-00000000-failed-9'), past LXD's limit of 63; with 9 container uses in this run and "
+        "--lxd-keep-failed, a declared container's name may have at most 37 characters: give it a shorter name")
+    assert "with 9 container uses in this run and --lxd-reuse, a declared container's name may have at most 37" in (
+        reuse.too_long_message(longest, uses=9, reuse=True) or "")
+    for uses in (1, 9, 10, 999):  # the limit it names is the one that fits exactly
+        for shape in ({}, {"reuse": True}, {"keep_failed": True}, {"reuse": True, "keep_failed": True}):
+            limit = reuse.max_name_length(uses=uses, **shape)
+            assert reuse.too_long_message("a" * limit, uses=uses, **shape) is None
+            assert f"at most {limit} characters" in (reuse.too_long_message("a" * (limit + 1), uses=uses, **shape)
+                                                     or "")
+    with pytest.raises(ConfigError, match="past LXD's limit of 63"):
+        reuse.kept_name(parse_container(longest, {"image": "x"}), BUILD)
+
+
+def test_the_limit_is_the_daemons(lxd_client):
+    fits, too_long = f"{TEST_PREFIX}{'a' * (reuse.MAX_INSTANCE_NAME - len(TEST_PREFIX))}", f"{TEST_PREFIX}{'a' * 60}"
+    with pytest.raises(LXDAPIException, match="1-63 characters"):
+        lxd_client.api.instances.post(json={"name": too_long, "source": {"type": "none"}})
+    lxdapi.wait(lxd_client, lxd_client.api.instances.post(json={"name": fits, "source": {"type": "none"}}))
+    lxdapi.wait(lxd_client, lxd_client.api.instances[fits].delete())
+
+
+def test_a_kept_build_records_its_declared_name(pytester, lxd_client):
+    name = f"w{secrets.token_hex(3)}"
+    pytester.makefile(".toml", pyproject=two_declarations(name))
+    pytester.makepyfile(uses(f"{name}-2"))
+    try:
+        pytester.runpytest("--lxd-reuse").assert_outcomes(passed=1)
+        (build,) = kept_builds(lxd_client, f"{name}-2")
+        config = lxdapi.get_instance(lxd_client, build)["config"]
+        assert config[REUSE_NAME_KEY] == f"{name}-2" and build.endswith(f"-{config[REUSE_KEY]}")
+    finally:
+        for leftover in sorted(n for n in instance_names(lxd_client) if n.startswith(f"lxdsnap-keep-{name}-")):
+            lxc("delete", "--force", leftover)
+
+
+@pytest.mark.parametrize(("options", "at_most"), [
+    (["--lxd-keep-failed"], 36),  # lxdsnap-<name>-<token>-failed-10
+    (["--lxd-reuse"], 36),  # lxdsnap-keep-<name>-<hash>-10
+    (["--lxd-reuse", "--lxd-keep-failed"], 29),
+])
+def test_a_declared_name_too_long_for_lxd_is_refused_at_collection(pytester, options, at_most):
+    name = "a" * 40  # the declaration's name pattern allows it; not every name made from it fits
+    pytester.makefile(".toml", pyproject=PYPROJECT + f'[tool.lxdsnap.containers.{name}]\nimage = "lxdsnap/busybox"\n')
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lxd("{name}")
+        @pytest.mark.parametrize("i", range(7))
+        def test_it(lxd, i):
+            pass
+    """)
+    result = pytester.runpytest(*options)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    message = " ".join(result.stderr.str().split())
+    assert f"[tool.lxdsnap.containers.{name}]: instance names made for it reach" in message
+    assert "past LXD's limit of 63; with 10 container uses in this run" in message  # 7 tests, 3 clones ahead
+    assert f"may have at most {at_most} characters: give it a shorter name" in message
