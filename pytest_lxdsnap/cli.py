@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .backends import INCUS, LXD
-from .connection import Endpoint
+from .connection import Endpoint, insecure_warning, trusted_on_first_use
 from .errors import LxdSnapError
 from .hostsetup import STATE_FILE, doctor, setup, undo
 
@@ -57,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     url = args.endpoint or (INCUS.socket if backend is INCUS and args.command != "setup" else None)
     endpoint = Endpoint(url=url, project=args.project, cert=args.cert, key=args.key,
                         server_cert=args.server_cert, insecure=args.insecure)
-    if args.insecure:
-        print(f"lxdsnap: WARNING TLS verification is off for {args.endpoint}", file=sys.stderr)
     try:
+        if args.insecure:  # trust on first use, once: every request is held to the fingerprint shown
+            endpoint = trusted_on_first_use(endpoint)
+            print(f"lxdsnap: WARNING {insecure_warning(endpoint, endpoint.fingerprint)}", file=sys.stderr)
         if args.command == "setup":
             log = lambda line: print(f"lxdsnap setup: {line}", flush=True)  # noqa: E731
             if args.undo:

@@ -13,14 +13,14 @@ import signal
 import sys
 import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import report
-from .connection import Endpoint, check_tls_files
+from .connection import Endpoint, check_tls_files, insecure_warning, pinned_fingerprint, trusted_on_first_use
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
 from .settings import DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
 from .strategy import SCOPES, STRATEGIES, check
@@ -65,8 +65,6 @@ OPTIONS = [
 
 
 INSECURE_HELP = "Do not verify the https:// endpoint's certificate (a warning says so; prefer --lxd-server-cert)"
-INSECURE_WARNING = ("TLS verification is off for {url} (--lxd-insecure): anyone on the path can pose as the "
-                    "server; pin its certificate with --lxd-server-cert instead")
 REUSE_HELP = ("Keep provisioned declared containers and their baselines between runs (rebuilt when the "
               "declaration changes; `lxdsnap gc` removes them)")
 KEEP_FAILED_HELP = ("When a test fails, keep its containers' state (a clone, copy or snapshot that expires) "
@@ -115,10 +113,16 @@ def _seconds(config: pytest.Config, name: str, default: float) -> float:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    endpoint = config.stash[SETTINGS].endpoint if SETTINGS in config.stash else None
-    if endpoint is not None and endpoint.insecure:
-        return ["lxdsnap: WARNING " + INSECURE_WARNING.format(url=endpoint.url)]
-    return []
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None or not settings.endpoint.insecure:
+        return []
+    if settings.endpoint.fingerprint is None:  # trust on first use, once: the session pins what this shows
+        try:
+            settings = replace(settings, endpoint=trusted_on_first_use(settings.endpoint))
+            config.stash[SETTINGS] = settings
+        except LxdSnapError:
+            pass  # the session says why when it connects
+    return ["lxdsnap: WARNING " + insecure_warning(settings.endpoint, settings.endpoint.fingerprint)]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -301,12 +305,17 @@ def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Req
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    specs = config.stash[SETTINGS].specs
+    settings = config.stash[SETTINGS]
+    specs = settings.specs
+    uses: dict[str, int] = {}  # declared container -> the tests that use it
     for item in items:
         try:
             names = marker_names(item)
         except ValueError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        for name in names:
+            if name in specs:
+                uses[name] = uses.get(name, 0) + 1
         undeclared = [n for n in names if n not in specs]
         if marker_option(item, "strategy") == "clone" and undeclared:
             raise pytest.UsageError(
@@ -314,6 +323,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 "instance (it keeps its identity and is restored in place). Use strategy='inplace' for it, or "
                 f"declare it in [tool.lxdsnap.containers.{undeclared[0]}]"
             )
+    check_generated_names(config, settings, uses)
+
+
+def check_generated_names(config: pytest.Config, settings: Settings, uses: dict[str, int]) -> None:
+    """Refuse now a declared name whose clones or kept copies would pass LXD's 63 characters mid-session."""
+    if not uses:
+        return
+    from .reuse import TOKEN_LENGTH, too_long_message
+
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    token_length = len(worker) + 6 if worker else TOKEN_LENGTH  # the session's token (see pytest_runtestloop)
+    numbered = sum(uses.values()) + settings.prepare_ahead  # bounds the clone and the -failed-<n> counters
+    for name in sorted(uses):
+        message = too_long_message(name, uses=numbered, reuse=settings.reuse, keep_failed=settings.keep_failed,
+                                   token_length=token_length)
+        if message:
+            raise pytest.UsageError(message)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -340,7 +366,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     try:
         lxd.connect()
         if settings.endpoint.insecure:
-            lxd.notices.append(INSECURE_WARNING.format(url=settings.endpoint.url))
+            lxd.notices.append(insecure_warning(settings.endpoint, pinned_fingerprint(lxd.client)))
         requests = [r for item in session.items for r in requests_for(item, settings.specs)]
         session.config.stash[SESSION] = lxd
         lxd.plan(requests)

@@ -34,7 +34,6 @@ from .ownership import (
     LEASE_SECONDS,
     OWNER_KEY,
     POWER_KEY,
-    REUSE_KEY,
     REUSE_SNAPSHOT,
     SessionIdentity,
 )
@@ -531,7 +530,8 @@ class LxdSession:
     def _launch_kept(self, spec: ContainerSpec) -> Tracked:
         """--lxd-reuse: claim the kept build of this declaration, or build and keep it."""
         client = self.own
-        instance = reuse.kept_name(spec, reuse.declaration_hash(client, spec))
+        digest = reuse.declaration_hash(client, spec)
+        instance = reuse.kept_name(spec, digest)
         for old in reuse.stale(client, spec, instance):
             reuse.delete_kept(client, old)
             self.notices.append(f"deleted {old}: the declaration of {spec.name!r} changed since it was built")
@@ -542,9 +542,8 @@ class LxdSession:
         else:
             if lxdapi.instance_exists(client, instance):  # a build cut short: no baseline
                 reuse.delete_kept(client, instance)
-            digest = instance.rsplit("-", 1)[1]
             try:
-                seconds = self._build(spec, instance, {REUSE_KEY: digest},
+                seconds = self._build(spec, instance, reuse.kept_tags(spec, digest),
                                       lambda: reuse.take_baseline(client, instance, self.snapshot_ttl))
             except BaseException:
                 if lxdapi.instance_exists(client, instance):
