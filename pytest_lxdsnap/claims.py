@@ -16,9 +16,9 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import leases, lxdapi
+from . import leases, lxdapi, zfs
 from .commands import Commands
-from .errors import ConfigError, OwnershipError
+from .errors import ConfigError, OwnershipError, ResetError
 from .ownership import (
     BASELINE_LABEL,
     CREATED_KEY,
@@ -119,12 +119,20 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity, i
     record, etag = lxdapi.read_instance(client, name)
     if holder_at(record["config"], where) != holder:
         return []  # someone else recovered or claimed it meanwhile
+    baseline = holder.snapshot_name(BASELINE_LABEL)
+    pool, driver = lxdapi.root_pool(client, record)
+    if zfs.newer_snapshots_block_restore(driver) and lxdapi.snapshot_is_owned(client, name, baseline, holder):
+        raise ResetError(  # keeping the current state first would be a newer snapshot: LXD refuses then
+            f"instance {name!r} was held by a dead {holder.describe()}; on ZFS pool {pool!r} lxdsnap cannot keep "
+            f"the state it has now and still restore the baseline (only the latest snapshot restores), so it did "
+            f"not roll it back. Keep what you need (`{commands_for(client)(f'copy {name} <name>')}`), then "
+            f"`{commands_for(client).restore(name, baseline)}` and "
+            f"`{commands_for(client).delete_snapshot(name, baseline)}`; `lxdsnap gc` then removes the lxdsnap keys")
     power = record["config"].get(POWER_KEY)
     if not lxdapi.put_instance(client, name, record, etag, **_holding(identity, where, record, power)):
         return []
     lxdapi.settle(client, name)  # the dead session's last operation may still be running in LXD
     done = []
-    baseline = holder.snapshot_name(BASELINE_LABEL)
     if lxdapi.snapshot_is_owned(client, name, baseline, holder):
         snap = client.api.instances[name].snapshots[baseline].get().json()["metadata"]
         power = snap["config"].get(POWER_KEY) or power

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import claims, garbage, leases, lxdapi, ports, projects, reuse
+from . import claims, garbage, leases, lxdapi, ports, projects, reuse, zfs
 from .clones import ClonePool
 from .commands import Commands
 from .connection import Endpoint, connect
@@ -496,18 +496,29 @@ class LxdSession:
                 f"or create it: {self.commands(f'launch <image> {name}')}"
             ) from None
         snapshot = self.identity.snapshot_name(BASELINE_LABEL)
+        pool, driver = lxdapi.root_pool(client, record)
         start = time.perf_counter()
         try:
+            self._refuse_a_second_zfs_baseline(name, pool, driver)
             lxdapi.create_owned_snapshot(client, name, snapshot, self.identity, self.snapshot_ttl)
         except BaseException:
             claims.release(client, name, self.identity)
             raise
         running = record["status"] == lxdapi.RUNNING
-        pool, driver = lxdapi.root_pool(client, record)
         if self.take_turns:  # other workers use it between our tests: claim it per test from now on
             claims.release(client, name, self.identity)
         return Tracked(name, name, False, snapshot, running, time.monotonic(), pool, driver,
                        time.perf_counter() - start, base_running=running)
+
+    def _refuse_a_second_zfs_baseline(self, name: str, pool: str, driver: str) -> None:
+        """On ZFS only the latest snapshot can be restored: a baseline beside another session's (a second
+        pytest-xdist worker) would make the first one unrestorable."""
+        if not zfs.newer_snapshots_block_restore(driver):
+            return
+        others = zfs.baselines(lxdapi.list_snapshots(self.client, name))
+        if others:
+            raise ConfigError(zfs.snapshot_refusal_message(name, name, pool, self.commands, purpose="baseline",
+                                                           blocking=others))
 
     def _launch(self, spec: ContainerSpec) -> Tracked:
         """Launch a declared container, provision it, wait until ready, and take its baseline snapshot."""
@@ -673,6 +684,10 @@ class LxdSession:
             if running and (recipe or not tracked.running):
                 lxdapi.set_power(client, instance, "stop")  # the tutorial's recipe stops first, explicitly
                 running = False
+            refusal = self._zfs_refusal(tracked, client)
+            if refusal:
+                tracked.broken = refusal
+                return refusal
             lxdapi.restore_snapshot(client, instance, snapshot)  # LXD restarts a running instance itself
             if tracked.kept:  # the kept baseline has no session tag: take the instance again
                 claims.claim(client, instance, self.identity, wait=self.lease_wait)
@@ -694,6 +709,17 @@ class LxdSession:
         purge_unread_logs(client, instance)
         return None
 
+    def _zfs_refusal(self, tracked: Tracked, client: pylxd.Client) -> str | None:
+        """On ZFS, why the baseline cannot be restored (newer snapshots), before LXD is asked; else None."""
+        if not zfs.newer_snapshots_block_restore(tracked.pool_driver):
+            return None
+        snapshots = lxdapi.list_snapshots(client, tracked.instance)
+        blockers = zfs.restore_blockers(snapshots, tracked.snapshot)
+        if not blockers:
+            return None
+        return zfs.refusal_message(tracked.name, tracked.instance, tracked.snapshot, blockers, tracked.pool,
+                                   self.commands, snapshots=snapshots, declared=tracked.declared)
+
     # -- keeping a failed test's state -------------------------------------------------------
     def keep_failed(self, checkouts: list[Checkout], test: str) -> list[str]:
         """Keep the state of each container before its reset (a clone, a copy or a snapshot that expires
@@ -713,6 +739,9 @@ class LxdSession:
         expires = time.time() + self.snapshot_ttl
         until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
         if not tracked.declared:  # the user's instance keeps its identity: a snapshot that LXD expires
+            if zfs.newer_snapshots_block_restore(tracked.pool_driver):
+                return zfs.snapshot_refusal_message(tracked.name, tracked.instance, tracked.pool, cmd,
+                                                    purpose="keep-failed", blocking=[tracked.snapshot])
             snapshot = self.identity.snapshot_name(f"{KEPT_LABEL}-{self._kept_count}")
             lxdapi.create_owned_snapshot(client, tracked.instance, snapshot, self.identity, self.snapshot_ttl)
             copy = f"{tracked.instance}-failed-{self._kept_count}"
@@ -723,9 +752,14 @@ class LxdSession:
             kept, checkout.kept = checkout.instance, True
         else:  # the base goes at the end of the session: keep a copy of it
             kept = f"{tracked.instance}-failed-{self._kept_count}"
-            body = {"name": kept, "source": {"type": "copy", "source": tracked.instance, "instance_only": True},
+            # on ZFS an instance-only copy is a clone that leaves a hidden snapshot on the base, newer than the
+            # baseline: every later reset would be refused. A full copy (snapshots too) leaves none.
+            full = zfs.newer_snapshots_block_restore(tracked.pool_driver)
+            body = {"name": kept, "source": {"type": "copy", "source": tracked.instance, "instance_only": not full},
                     "profiles": list(self.specs[tracked.name].profiles)}
             lxdapi.wait(client, client.api.instances.post(json=body))
+            for snapshot in lxdapi.list_snapshots(client, kept) if full else []:
+                lxdapi.wait(client, client.api.instances[kept].snapshots[snapshot["name"]].delete())
         claims.mark_kept(client, kept, expires)
         start = "" if checkout.strategy == "clone" else f"{cmd(f'start {kept}')} && "
         return (f"kept {tracked.name!r} of {test} as instance {kept} (`lxdsnap gc` deletes it after {until}). "

@@ -292,3 +292,31 @@ def test_a_lost_lease_is_recreated_by_the_next_renewal(lxd_client):
     finally:
         leases.close_lease(lxd_client, me)
     assert leases.lease_of(lxd_client, me)[0] is None
+
+
+def test_on_zfs_a_reset_lxd_would_refuse_is_never_asked_for(lxd_client, make_instance):
+    """ZFS restores only the latest snapshot. ZFS cannot run here: the pool driver is reported as zfs to the
+    session (everything else is the real daemon), and a user snapshot newer than the baseline must stop the
+    reset before LXD is asked, with the container left as the test left it."""
+    from pytest_lxdsnap.connection import Endpoint
+    from pytest_lxdsnap.errors import ResetError
+    from pytest_lxdsnap.session import Checkout, LxdSession, Request
+
+    name = make_instance()
+    session = LxdSession(Endpoint(), {})
+    session.connect()
+    session.plan([Request(name)])
+    (checkout,) = session.acquire((name,))
+    tracked = checkout.tracked
+    tracked.pool_driver = "zfs"
+    lxc("exec", name, "--", "touch", "/root/dirty")
+    lxc(*COMMANDS.snapshot(name, "newer-user-snap").split()[1:])
+    with pytest.raises(ResetError, match=r"(?s)newer-user-snap.*Nothing was changed"):
+        session.release([checkout])
+    assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 0  # not restored: LXD was never asked
+    keep = session.keep_failed([Checkout(tracked, "inplace", "", name)], "test_x")
+    assert "did not keep the state" in keep[0] and tracked.snapshot in keep[0]
+    assert snapshot_names(lxd_client, name) == [tracked.snapshot, "newer-user-snap"]
+    session.finish()
+    lxdapi.wait(lxd_client, lxd_client.api.instances[name].snapshots[tracked.snapshot].delete())
+    claims.release(lxd_client, name, session.identity)
