@@ -20,6 +20,8 @@ from .errors import LxdSnapError
 from .ownership import CREATED_KEY, OWNER_KEY, SessionIdentity
 
 MAX_INSTANCE_NAME = 63
+SLOT_WAIT = 120.0
+"""Seconds a test waits for room under --lxd-max-clones (clones in use by earlier tests are being deleted)."""
 
 
 class ClonePool:
@@ -39,6 +41,7 @@ class ClonePool:
         planned: int,
         ready: Callable[[str], object] | None = None,
         target: str | None = None,
+        slots: threading.BoundedSemaphore | None = None,
     ) -> None:
         self._client = client
         self.target = target  # the cluster member of the base (None: standalone or left to LXD)
@@ -51,6 +54,7 @@ class ClonePool:
         self.ahead = ahead
         self.planned = planned  # uses still expected from the collected tests
         self._ready = ready
+        self._slots = slots or threading.BoundedSemaphore(ahead + 2)  # the session's cap on clones at once
         self._lock = threading.Lock()
         self._counter = 0
         self._prepared: deque[Future[str]] = deque()
@@ -64,7 +68,12 @@ class ClonePool:
         if self._error is not None:
             raise type(self._error)(str(self._error))
         with self._lock:
-            if not self._prepared:
+            waiting = not self._prepared
+        if waiting and not self._slots.acquire(timeout=SLOT_WAIT):
+            raise LxdSnapError(f"no clone of {self.container!r} could be made in {SLOT_WAIT:g} s: this session "
+                               "already has as many clones as --lxd-max-clones allows, all in use. Raise it")
+        with self._lock:
+            if waiting:
                 self._prepared.append(self._executor.submit(self._make))
             future = self._prepared.popleft()
             self.planned = max(self.planned - 1, 0)
@@ -78,12 +87,18 @@ class ClonePool:
 
     def retire(self, instance: str) -> None:
         """Stop and delete a used clone in the background."""
-        self._retiring.append(self._executor.submit(self._delete, instance))
+        self._retiring.append(self._executor.submit(self._retire, instance))
+
+    def let_go(self, instance: str) -> None:
+        """A clone kept for inspection (--lxd-keep-failed) is no longer the pool's: its slot is free."""
+        self._slots.release()
 
     def top_up(self) -> None:
         """Keep up to ``ahead`` clones prepared, but no more than the collected tests will use."""
         with self._lock:
             while self._error is None and len(self._prepared) < min(self.ahead, self.planned):
+                if not self._slots.acquire(blocking=False):
+                    break  # at the cap: the next retirement makes room
                 self._prepared.append(self._executor.submit(self._make))
 
     # -- the background's side -------------------------------------------------------------------
@@ -97,6 +112,14 @@ class ClonePool:
         return name
 
     def _make(self) -> str:
+        """Copy, start and check one clone (its slot is taken; given back if it fails)."""
+        try:
+            return self._make_in_slot()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _make_in_slot(self) -> str:
         start = time.perf_counter()
         name = self._next_name()
         body = {
@@ -128,6 +151,12 @@ class ClonePool:
     def _delete(self, instance: str) -> None:
         lxdapi.delete_owned_instance(self._client, instance, self.identity)
 
+    def _retire(self, instance: str) -> None:
+        try:
+            self._delete(instance)
+        finally:
+            self._slots.release()
+
     # -- the end ---------------------------------------------------------------------------------
     def close(self) -> list[str]:
         """Delete unused and used clones; wait for the background; the problems met, if any."""
@@ -138,6 +167,7 @@ class ClonePool:
         problems = []
         for future in pending:
             if future.cancel():
+                self._slots.release()
                 continue
             try:
                 self.retire(future.result())

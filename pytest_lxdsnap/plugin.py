@@ -22,7 +22,7 @@ import pytest
 from . import report
 from .connection import Endpoint, check_tls_files, insecure_warning, pinned_fingerprint, trusted_on_first_use
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
-from .settings import DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
+from .settings import DEFAULT_MAX_CLONES, DEFAULT_PREPARE_AHEAD, DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
 from .strategy import SCOPES, STRATEGIES, check
 
 if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
@@ -43,7 +43,6 @@ MARKER_HELP = (
     "lxd(*names, strategy=None, scope=None): the LXD containers this test uses, by declared name "
     "([tool.lxdsnap.containers.<name>]) or existing instance name; each gets a clean state for the test"
 )
-DEFAULT_PREPARE_AHEAD = 3
 OPTIONS = [
     ("--lxd-endpoint", "lxd_endpoint", "Unix socket path or https:// URL of LXD (default: the local socket)"),
     ("--lxd-project", "lxd_project", "LXD project of the containers (default: LXD's default project)"),
@@ -61,6 +60,9 @@ OPTIONS = [
      f"Clones of a declared container prepared ahead of the tests (default {DEFAULT_PREPARE_AHEAD})"),
     ("--lxd-lease-wait", "lxd_lease_wait",
      "Seconds to wait for an existing container another live session holds (default 60)"),
+    ("--lxd-max-clones", "lxd_max_clones",
+     f"At most this many clones exist at once in this session, prepared, in use or being deleted "
+     f"(default {DEFAULT_MAX_CLONES})"),
 ]
 
 
@@ -112,6 +114,16 @@ def _seconds(config: pytest.Config, name: str, default: float) -> float:
     return value
 
 
+def _whole(config: pytest.Config, name: str, default: int, *, minimum: int) -> int:
+    raw = _option(config, name)
+    if raw in (None, ""):
+        return default
+    if not str(raw).isdigit() or int(raw) < minimum:
+        raise pytest.UsageError(f"{name} (--{name.replace('_', '-')}): expected a whole number of at least {minimum}, "
+                                f"got {raw!r}")
+    return int(raw)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(SETTINGS, None)
     if settings is None or not settings.endpoint.insecure:
@@ -150,6 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
         strategy = check(_option(config, "lxd_strategy") or "auto", "lxd_strategy (--lxd-strategy)", STRATEGIES)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    max_clones = _whole(config, "lxd_max_clones", DEFAULT_MAX_CLONES, minimum=1)
     ahead_raw = _option(config, "lxd_prepare_ahead") or str(DEFAULT_PREPARE_AHEAD)
     if not ahead_raw.isdigit():
         raise pytest.UsageError(f"lxd_prepare_ahead (--lxd-prepare-ahead): expected a whole number of clones "
@@ -158,7 +171,7 @@ def pytest_configure(config: pytest.Config) -> None:
     lease_wait = _seconds(config, "lxd_lease_wait", 60.0)
     reuse = bool(config.getoption("lxd_reuse") or config.getini("lxd_reuse"))
     config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait,
-                                      reuse)
+                                      reuse, max_clones)
     config.pluginmanager.register(InterruptGuard(config), "lxdsnap-interrupt-guard")
     if config.get_verbosity() >= 1:
         config.pluginmanager.register(report.VerboseResets(config), "lxdsnap-verbose-resets")
@@ -176,6 +189,7 @@ class Settings:
     keep_failed: bool = False
     lease_wait: float = 60.0
     reuse: bool = False
+    max_clones: int = DEFAULT_MAX_CLONES
 
 
 class InterruptGuard:
@@ -357,7 +371,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     lxd = LxdSession(settings.endpoint, settings.specs, snapshot_ttl=settings.snapshot_ttl, identity=identity,
                      default_strategy=settings.strategy, prepare_ahead=settings.prepare_ahead,
                      lease_wait=settings.lease_wait, take_turns=worker is not None, reuse=settings.reuse,
-                     worker=int(worker[2:]) if worker and worker[2:].isdigit() else 0)  # "gw3" -> 3
+                     worker=int(worker[2:]) if worker and worker[2:].isdigit() else 0,  # "gw3" -> 3
+                     max_clones=settings.max_clones)
     lxd.on_provision, lxd.on_ready = session_callbacks(session.config, lxd)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")

@@ -14,7 +14,7 @@ import pylxd
 from pylxd.exceptions import NotFound
 
 from . import lxdapi
-from .ownership import CREATED_KEY, INSTANCE_PREFIX, SessionIdentity, holder_at
+from .ownership import CREATED_KEY, INSTANCE_PREFIX, KEPT_KEY, SessionIdentity, holder_at, kept_until
 
 AUTO = "auto"
 SHARED_FEATURES = {"features.images": "false", "features.profiles": "false"}
@@ -55,12 +55,19 @@ def creator(project: dict[str, Any]) -> SessionIdentity | None:
 
 def delete(client: pylxd.Client, name: str, creator: SessionIdentity) -> list[str]:
     """Delete the instances ``creator`` made in project ``name``, then the project if nothing else is in it;
-    what was done. Kept failed-test states stay (with the project) until they expire."""
+    what was done. Kept failed-test states stay (with the project) until they expire; gc then deletes both."""
     inside = in_project(client, name)
     done = []
     for instance in lxdapi.owned_instances(inside, creator):
         lxdapi.delete_owned_instance(inside, instance, creator)
         done.append(f"deleted instance {instance} (project {name})")
+    now = lxdapi.server_now(client)
+    for record in lxdapi.listing(inside.api.instances):  # kept failed-test states past their expiry
+        kept = (record.get("config") or {}).get(KEPT_KEY)
+        until = kept_until(kept, lxdapi.where(inside, record["name"])) if kept is not None else None
+        if until is not None and until < now:
+            lxdapi.delete_kept_instance(inside, record["name"])
+            done.append(f"deleted kept instance {record['name']} (project {name})")
     records = lxdapi.listing(inside.api.instances)
     left = [r["name"] for r in records]
     if left:

@@ -38,10 +38,9 @@ from .ownership import (
     SessionIdentity,
 )
 from .readiness import wait_ready
-from .settings import DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
+from .settings import DEFAULT_MAX_CLONES, DEFAULT_PREPARE_AHEAD, DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
 from .strategy import resolve
 
-DEFAULT_PREPARE_AHEAD = 3
 BACKGROUND_WORKERS = 8
 PROGRESS_TICK = 0.5
 DEFAULT_LEASE_WAIT = 60.0
@@ -139,7 +138,7 @@ class LxdSession:
                  lease_wait: float = DEFAULT_LEASE_WAIT,
                  on_provision: Callable[[ContainerSpec, str], None] | None = None,
                  on_ready: Callable[[str, str], None] | None = None, take_turns: bool = False,
-                 reuse: bool = False, worker: int = 0) -> None:
+                 reuse: bool = False, worker: int = 0, max_clones: int = DEFAULT_MAX_CLONES) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.snapshot_ttl = snapshot_ttl
@@ -152,6 +151,7 @@ class LxdSession:
         self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
         self.reuse = reuse  # keep provisioned declared containers between runs
         self.worker = worker  # pytest-xdist worker number: picks its cluster member from a spec's targets
+        self._clone_slots = threading.BoundedSemaphore(max_clones)  # clones that exist at once, all containers
         # (name, stage or None once ready, seconds waited) on every tick while a test waits for a launch
         self.on_progress: Callable[[str, str | None, float], None] | None = None
         self.stages: dict[str, str] = {}  # what each background launch is doing now
@@ -458,7 +458,7 @@ class LxdSession:
             self.own, self._executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
             profiles=spec.profiles, identity=self.identity, ahead=self.prepare_ahead,
             planned=self._planned_clone_uses(tracked), ready=lambda instance: self._check_ready(tracked.name, instance),
-            target=spec.target_for(self.worker),
+            target=spec.target_for(self.worker), slots=self._clone_slots,
         )
         tracked.clones.top_up()
         only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self._planned.get(tracked.name, []))
@@ -660,7 +660,9 @@ class LxdSession:
         tracked = checkout.tracked
         if checkout.strategy == "clone":
             assert tracked.clones is not None
-            if not checkout.kept:
+            if checkout.kept:
+                tracked.clones.let_go(checkout.instance)
+            else:
                 tracked.clones.retire(checkout.instance)
             return None
         problem = None

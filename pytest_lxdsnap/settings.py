@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -13,6 +14,10 @@ from .strategy import SCOPES, STRATEGIES, check
 
 TABLE = "tool.lxdsnap"
 DEFAULT_SNAPSHOT_TTL = 24 * 3600.0
+DEFAULT_PREPARE_AHEAD = 3
+"""Clones of a declared container prepared ahead of the tests (--lxd-prepare-ahead)."""
+DEFAULT_MAX_CLONES = 12
+"""Clones one session keeps at once, all containers together (--lxd-max-clones)."""
 """Seconds after which LXD deletes a plugin snapshot by itself (--lxd-snapshot-ttl)."""
 TOP_KEYS = {"containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each"}
 CONTAINER_KEYS = {
@@ -144,7 +149,7 @@ def parse_ready(value: Any, path: str) -> ReadyCheck:
     if strategy is None and (not command or not isinstance(command, str | tuple)):
         raise ConfigError(f"{path} command: expected a shell command (string) or an argv list, got {command!r}")
     timeout = table.get("timeout", DEFAULT_READY_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(f"{path} timeout: expected a positive number of seconds, got {timeout!r}")
     return ReadyCheck(command, float(timeout), wait_strategy=strategy)
 

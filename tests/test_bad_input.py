@@ -192,7 +192,8 @@ def test_a_suite_without_marked_tests_does_not_touch_lxd(suite, tmp_path):
     result.assert_outcomes(passed=1)
 
 
-@pytest.mark.parametrize("option", ["--lxd-snapshot-ttl=0", "--lxd-timeout=soon"])
+@pytest.mark.parametrize("option", ["--lxd-snapshot-ttl=0", "--lxd-timeout=soon", "--lxd-timeout=nan",
+                                    "--lxd-lease-wait=inf"])
 def test_bad_option_values_are_usage_errors(suite, option):
     suite.makepyfile("def test_plain(): pass")
     result = suite.runpytest(option)

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_lxdsnap import lxdapi, projects
 from pytest_lxdsnap.image import IMAGE_ALIAS
-from pytest_lxdsnap.ownership import CREATED_KEY, SessionIdentity, place
+from pytest_lxdsnap.ownership import CREATED_KEY, KEPT_KEY, SessionIdentity, kept_value, place
 
 from .conftest import PYPROJECT, assert_summary, lxc, lxdsnap, snapshot_names, user_config
 
@@ -133,4 +133,29 @@ def test_reuse_needs_a_named_project(suite):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --lxd-reuse keeps declared containers between runs, but --lxd-project auto "
                                  "deletes the session's project at the end: name a project (--lxd-project NAME)*"])
+    assert session_projects() == []
+
+
+def test_an_auto_project_kept_for_failed_states_goes_once_they_expire(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_fails(lxd):
+            assert False
+    """)
+    pytester.runpytest("--lxd-project", "auto", "--lxd-keep-failed").assert_outcomes(failed=1)
+    (project,) = session_projects()
+    inside = projects.in_project(lxd_client, project)
+    (kept,) = [r["name"] for r in lxdapi.listing(inside.api.instances)]
+    try:
+        assert f"kept project {project}: it still holds {kept}" in lxdsnap("gc").stdout  # not expired yet
+        lxdapi.set_config_key(inside, kept, KEPT_KEY, kept_value(1, place(project, kept)))  # expired long ago
+        done = lxdsnap("gc").stdout
+        assert f"deleted kept instance {kept} (project {project})" in done and f"deleted project {project}" in done
+    finally:
+        if project in session_projects():
+            lxc("delete", "--force", "--project", project, kept)
+            lxc("project", "delete", project)
     assert session_projects() == []

@@ -320,3 +320,25 @@ def test_on_zfs_a_reset_lxd_would_refuse_is_never_asked_for(lxd_client, make_ins
     session.finish()
     lxdapi.wait(lxd_client, lxd_client.api.instances[name].snapshots[tracked.snapshot].delete())
     claims.release(lxd_client, name, session.identity)
+
+
+def test_max_clones_caps_the_clones_that_exist_at_once(pytester, lxd_client):
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
+    pytester.makepyfile("""
+        import subprocess
+
+        import pytest
+
+        @pytest.mark.lxd("web")
+        @pytest.mark.parametrize("i", range(5))
+        def test_counts_clones(lxd, i):
+            listed = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n"], check=True, capture_output=True,
+                                    text=True).stdout.split()
+            base = lxd["web"].instance_name.rsplit("-", 1)[0]
+            clones = [n for n in listed if n.startswith(base + "-")]
+            assert clones == [lxd["web"].instance_name], clones  # the one in use, nothing prepared or retiring
+    """)
+    before = instance_names(lxd_client)
+    result = pytester.runpytest("--lxd-max-clones=1", "--lxd-prepare-ahead=3")
+    result.assert_outcomes(passed=5)
+    assert instance_names(lxd_client) == before
