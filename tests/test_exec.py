@@ -93,10 +93,15 @@ def running(box: Container, pattern: str) -> list[str]:
 
 
 def test_timeout_kills_the_command_and_its_children(box, lxd_client):
-    with pytest.raises(ExecTimeout, match="did not finish within 1 s and was stopped"):
-        box.exec("sleep 301 & sleep 300", timeout=1)
+    box.exec("sleep 399 >/dev/null 2>&1 &", check=True)  # another command's daemon: not this timeout's to kill
+    with pytest.raises(ExecTimeout, match=r"^sleep 300 in t-lxdsnap-\w+ did not finish within 1 s and was stopped"):
+        box.exec(["sleep", "300"], timeout=1)
+    with pytest.raises(ExecTimeout, match="did not finish within 1 s and was stopped") as info:
+        box.exec("echo started; sleep 301 & sleep 300", timeout=1)
+    assert info.value.result.stdout == "started\n"  # the output so far
     assert running(box, "sleep 30") == []
-    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []  # its logs went with it
+    assert len(running(box, "sleep 399")) == 1
+    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []  # the killed commands' logs went with them
 
 
 def test_output_over_the_cap_is_an_error_that_says_how_to_raise_it(box, lxd_client):
