@@ -40,7 +40,12 @@ class ExecError(LxdSnapError):
 
 
 class ExecTimeout(ExecError):
-    """A command did not finish within its ``timeout``."""
+    """A command did not finish within its ``timeout`` (it was killed in the container)."""
+
+
+class ExecOutputTooLarge(ExecError):
+    """A command's stdout or stderr passed its ``max_output`` cap (a running command is killed);
+    ``result`` holds the output up to the cap."""
 
 
 class ReadinessError(LxdSnapError):

@@ -56,10 +56,14 @@ class Container:
         stdin: bytes | str | None = None,
         check: bool = False,
         timeout: float | None = None,
+        max_output: int | None = None,
     ) -> ExecResult:
         """Run ``cmd`` (argv list; a plain string runs with ``sh -c``) and return its result.
 
         A non-zero exit is returned, not raised, unless ``check=True``. ``user`` is a uid or a user name.
+        A command that outlives ``timeout`` seconds, or whose stdout or stderr passes ``max_output`` bytes
+        (default :data:`pytest_lxdsnap.execution.MAX_OUTPUT`, 64 MiB), is killed and raises ExecTimeout
+        or ExecOutputTooLarge.
         """
         __tracebackhide__ = True
         uid = gid = None
@@ -69,7 +73,7 @@ class Container:
             uid = gid = int(user)
         return execution.exec_command(self._client, self.instance_name, cmd, env=env, cwd=cwd, user=uid,
                                       group=gid, stdin=stdin, check=check, timeout=timeout,
-                                      keep_logs=self._disposable)
+                                      keep_logs=self._disposable, max_output=max_output)
 
     def _resolve_user(self, user: str) -> tuple[int, int]:
         if user in self._users:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lxdsnap import lxdapi
+from pytest_lxdsnap import errors, execution, lxdapi
 from pytest_lxdsnap.errors import ExecError, ExecTimeout
 from pytest_lxdsnap.execution import exec_command
 from pytest_lxdsnap.handle import Container
@@ -76,8 +76,8 @@ def test_large_output_survives(box):
     assert result.stderr == "done\n"
 
 
-def test_100_mb_of_output(box):
-    result = box.exec("head -c 100000000 /dev/zero | tr '\\0' 'y'")
+def test_100_mb_of_output_with_a_raised_cap(box):
+    result = box.exec("head -c 100000000 /dev/zero | tr '\\0' 'y'", max_output=100_000_000)
     assert result.exit_code == 0
     assert len(result.stdout_bytes) == 100_000_000 and result.stdout_bytes[:3] == b"yyy"
 
@@ -85,6 +85,68 @@ def test_100_mb_of_output(box):
 def test_timeout(box):
     with pytest.raises(ExecTimeout, match=r"sleep 30 in t-lxdsnap-\w+ did not finish within 1 s"):
         box.exec(["sleep", "30"], timeout=1)
+
+
+def running(box: Container, pattern: str) -> list[str]:
+    """Lines of ``ps`` in the container that show ``pattern`` (the ps itself aside)."""
+    return [line for line in box.exec(["ps"]).stdout.splitlines() if pattern in line and " ps" not in line]
+
+
+def test_timeout_kills_the_command_and_its_children(box, lxd_client):
+    box.exec("sleep 399 >/dev/null 2>&1 &", check=True)  # another command's daemon: not this timeout's to kill
+    with pytest.raises(ExecTimeout, match=r"^sleep 300 in t-lxdsnap-\w+ did not finish within 1 s and was stopped"):
+        box.exec(["sleep", "300"], timeout=1)
+    with pytest.raises(ExecTimeout, match="did not finish within 1 s and was stopped") as info:
+        box.exec("echo started; sleep 301 & sleep 300", timeout=1)
+    assert info.value.result.stdout == "started\n"  # the output so far
+    assert running(box, "sleep 30") == []
+    assert len(running(box, "sleep 399")) == 1
+    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []  # the killed commands' logs went with them
+
+
+def test_output_over_the_cap_is_an_error_that_says_how_to_raise_it(box, lxd_client):
+    message = r"stderr of sh -c .* in t-lxdsnap-\w+ passed the output cap of 1000 bytes\. Raise .*max_output=.*redirect"
+    with pytest.raises(errors.ExecOutputTooLarge, match=message) as info:
+        box.exec("echo small; head -c 5000 /dev/zero >&2", max_output=1000)
+    assert info.value.result.stdout == "small\n" and info.value.result.stderr_bytes == b"\0" * 1000
+    assert box.exec("head -c 1000 /dev/zero", max_output=1000).stdout_bytes == b"\0" * 1000  # at the cap: fine
+    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []
+
+
+def test_runaway_output_is_stopped_while_it_runs(box, lxd_client):
+    with pytest.raises(errors.ExecOutputTooLarge, match=r"stdout of yes in t-lxdsnap-\w+ passed the output cap of "
+                                                        r"1048576 bytes \(1 MiB\) and was stopped"):
+        box.exec(["yes"], max_output=1 << 20, timeout=120)
+    assert running(box, "yes") == []
+    assert lxdapi.exec_log_names(lxd_client, box.instance_name) == []
+
+
+def test_the_default_cap_is_the_module_constant(box, monkeypatch):
+    assert execution.MAX_OUTPUT == 64 * 1024 * 1024
+    monkeypatch.setattr(execution, "MAX_OUTPUT", 100)
+    with pytest.raises(errors.ExecOutputTooLarge, match="output cap of 100 bytes"):
+        box.exec("head -c 101 /dev/zero")
+    with pytest.raises(ValueError, match="max_output must be a positive number of bytes"):
+        box.exec(["true"], max_output=0)
+
+
+def test_stdin_with_a_non_root_user(box):
+    result = box.exec(["sh", "-c", 'id -u; cat'], stdin="for nobody\n", user="nobody")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "65534\nfor nobody\n", "")
+    assert box.exec(["cat"], stdin=b"uid only", user=1234).stdout == "uid only"
+    assert box.exec(["ls", "-A", "/tmp"]).stdout == ""
+
+
+def test_stdin_leaves_no_file_on_failure_or_timeout(box, lxd_client, make_instance):
+    assert box.exec(["sh", "-c", "cat; exit 3"], stdin="x", user="nobody").exit_code == 3
+    with pytest.raises(ExecTimeout):
+        box.exec(["sleep", "300"], stdin="x", timeout=1)
+    assert box.exec(["ls", "-A", "/tmp"]).stdout == ""
+    stopped = Container(lxd_client, "stopped", make_instance(running=False))
+    with pytest.raises(ExecError, match="not running"):
+        stopped.exec(["cat"], stdin="x", user=1234)  # the file is written, then LXD refuses to run the command
+    assert lxdapi.set_power(lxd_client, stopped.instance_name, "start") is None
+    assert stopped.exec(["ls", "-A", "/tmp"]).stdout == ""
 
 
 def test_exec_logs_are_cleaned_up(box, lxd_client):
