@@ -229,7 +229,7 @@ def test_a_session_and_gc_in_another_pid_namespace_leave_a_live_session_alone(py
     (other / "pyproject.toml").write_text(DECLARED_WEB)
     (other / "test_other.py").write_text("import pytest\n\n\n@pytest.mark.lxd('web')\ndef test_it(lxd):\n    pass\n")
     before = instance_names(lxd_client)
-    proc = start_session(pytester.path)
+    proc = start_session(pytester.path, "test_hold.py")
     try:
         wait_for(flag, proc)
         first = instance_names(lxd_client) - before  # the live session's declared container and clones
