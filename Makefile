@@ -26,6 +26,7 @@ setup-incus: install
 # The full test suite, against the real LXD daemon.
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The same suite against the real Incus daemon (LXDSNAP_BACKEND=incus: its socket, `incus` for `lxc`).
@@ -43,6 +44,7 @@ demo: setup
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
 # tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).

@@ -94,10 +94,9 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
     from .connection import connect
     from .garbage import find_garbage
     from .leases import close_lease, open_lease
-    from .lxdapi import LXD_FAULTS, describe
+    from .lxdapi import FAULTS, describe
     from .ownership import SessionIdentity
 
-    faults: tuple[type[BaseException], ...] = (*LXD_FAULTS, LxdSnapError)
     client = connect(endpoint)
     identity = SessionIdentity()
     if not dry_run:
@@ -119,7 +118,7 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
             try:
                 for line in garbage.clean():
                     print(f"  {line}")
-            except faults as exc:
+            except FAULTS as exc:
                 failed += 1
                 print(f"  FAILED: {describe(exc)}", file=sys.stderr)
         if not cleaning:

@@ -175,9 +175,9 @@ class ClonePool:
                 if not isinstance(exc, LxdSnapError):
                     problems.append(f"preparing a clone of {self.container!r}: {lxdapi.describe(exc)}")
         wait(self._retiring)
-        for future in self._retiring:
-            exc = future.exception()
-            if exc is not None:
-                problems.append(f"deleting a clone of {self.container!r}: {lxdapi.describe(exc)}")
+        for retired in self._retiring:
+            failure = retired.exception()
+            if failure is not None:
+                problems.append(f"deleting a clone of {self.container!r}: {lxdapi.describe(failure)}")
         self._retiring.clear()
         return problems

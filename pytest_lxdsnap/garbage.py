@@ -170,10 +170,14 @@ def clean_foreign(client: pylxd.Client, name: str) -> list[str]:
     done += [f"removed {key} from {name}" for key in keys]
     for snapshot in lxdapi.list_snapshots(client, name):
         if _is_foreign_snapshot(snapshot, where):
-            node = client.api.instances[name].snapshots[snapshot["name"]]
-            lxdapi.when_idle(lambda node=node: lxdapi.wait(client, node.delete()))
+            node: Any = client.api.instances[name].snapshots[snapshot["name"]]
+            lxdapi.when_idle(partial(_delete_node, client, node))
             done.append(f"deleted snapshot {name}/{snapshot['name']} (written for another instance)")
     return done
+
+
+def _delete_node(client: pylxd.Client, node: Any) -> None:
+    lxdapi.wait(client, node.delete())
 
 
 def _then(action: Callable[[], object], done: str) -> Callable[[], list[str]]:

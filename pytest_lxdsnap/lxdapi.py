@@ -21,7 +21,7 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from .errors import ConfigError, OwnershipError
+from .errors import ConfigError, LxdSnapError, OwnershipError
 from .ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
@@ -49,6 +49,9 @@ class OperationFailed(Exception):
 LXD_FAULTS: tuple[type[BaseException], ...] = (LXDAPIException, OperationFailed, TimeoutError,
                                                requests.RequestException)
 """What a failing LXD call raises: the API's refusals, failed operations, timeouts, transport errors."""
+
+FAULTS: tuple[type[BaseException], ...] = (*LXD_FAULTS, LxdSnapError)
+"""What a step of the plugin's may raise: an LXD fault, or one of the plugin's own errors."""
 
 
 @contextmanager

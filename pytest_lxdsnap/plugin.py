@@ -308,7 +308,7 @@ def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Req
         spec = specs.get(name)
         strategy = choose_strategy(item, name, spec is not None, requested) or requested
         where = scope or (spec.scope if spec else None) or "function"
-        node: pytest.Node | None = item
+        node: pytest.Item | pytest.Collector | None = item
         if where == "class":
             node = item.getparent(pytest.Class) or item.getparent(pytest.Module)
         elif where == "module":

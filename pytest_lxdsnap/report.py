@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -111,7 +111,7 @@ class VerboseResets:
             return
         for name, value in report.user_properties:
             if name == PROPERTY:
-                seconds, names = value
+                seconds, names = cast(tuple[float, str], value)
                 reporter.write_line(f"    lxdsnap: {names}: {seconds:.2f} s waiting for clean containers")
 
 

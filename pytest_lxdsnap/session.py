@@ -25,7 +25,7 @@ from .commands import Commands
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
 from .execution import exec_command, purge_unread_logs
-from .lxdapi import LXD_FAULTS, describe
+from .lxdapi import FAULTS, LXD_FAULTS, describe
 from .ownership import (
     BASELINE_LABEL,
     CREATED_KEY,
@@ -274,7 +274,7 @@ class LxdSession:
         cleaning up; with ``also_held``, restore those existing instances if a dead session holds them."""
         try:
             found = garbage.find_garbage(self.client, self.identity)
-        except (*LXD_FAULTS, LxdSnapError) as exc:
+        except FAULTS as exc:
             self.notices.append(f"looking for instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
             return
         for item in found:
@@ -283,7 +283,7 @@ class LxdSession:
                 continue
             try:
                 self.notices.extend(f"{line} ({item.why})" for line in item.clean())
-            except (*LXD_FAULTS, LxdSnapError) as exc:
+            except FAULTS as exc:
                 self.notices.append(f"deleting {item.what} ({item.why}) failed: {describe(exc)}; run `lxdsnap gc`")
 
     def _start_heartbeat(self) -> None:
@@ -310,7 +310,7 @@ class LxdSession:
                     leases.renew_lease(self.client, self.identity)
                     renewed = time.monotonic()
                 self._extend_baselines()
-            except (*LXD_FAULTS, LxdSnapError):
+            except FAULTS:
                 pass  # briefly unreachable: the next round tries again
 
     def _extend_baselines(self) -> None:
@@ -398,10 +398,11 @@ class LxdSession:
         """When LXD ran out of space: which pool, and what to do."""
         if "no space left" not in describe(exc).lower():
             return ""
+        pool: str | None
         try:
             client = self.client_for(name)
             pool, _ = lxdapi.root_pool(client, lxdapi.get_instance(client, name))
-        except (*LXD_FAULTS, NotFound):
+        except LXD_FAULTS:  # NotFound among them
             pool = self.specs[name].pool if name in self.specs else None
         info = self.commands(f"storage info {pool}")
         return (f"\nThe storage pool {pool or '(unknown)'!r} is full: free space in it (`{info}`), "
@@ -698,7 +699,7 @@ class LxdSession:
             tracked.base_running = tracked.running
             if tracked.running:
                 self._check_ready(tracked.name, instance)
-        except (*LXD_FAULTS, LxdSnapError) as exc:
+        except FAULTS as exc:
             tracked.broken = (
                 f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
                 f"{describe(exc)}\nThe snapshot is kept for recovery. Inspect: `{self.commands(f'info {instance}')}`; "
@@ -730,7 +731,7 @@ class LxdSession:
         for checkout in checkouts:
             try:
                 lines.append(self._keep(checkout, test))
-            except (*LXD_FAULTS, LxdSnapError) as exc:
+            except FAULTS as exc:
                 lines.append(f"could not keep {checkout.tracked.name!r} for {test}: {describe(exc)}")
         self.kept.extend(lines)
         return lines
@@ -760,8 +761,8 @@ class LxdSession:
             body = {"name": kept, "source": {"type": "copy", "source": tracked.instance, "instance_only": not full},
                     "profiles": list(self.specs[tracked.name].profiles)}
             lxdapi.wait(client, client.api.instances.post(json=body))
-            for snapshot in lxdapi.list_snapshots(client, kept) if full else []:
-                lxdapi.wait(client, client.api.instances[kept].snapshots[snapshot["name"]].delete())
+            for copied in lxdapi.list_snapshots(client, kept) if full else []:
+                lxdapi.wait(client, client.api.instances[kept].snapshots[copied["name"]].delete())
         claims.mark_kept(client, kept, expires)
         start = "" if checkout.strategy == "clone" else f"{cmd(f'start {kept}')} && "
         return (f"kept {tracked.name!r} of {test} as instance {kept} (`lxdsnap gc` deletes it after {until}). "
@@ -823,7 +824,7 @@ class LxdSession:
                         continue
                 lxdapi.delete_owned_snapshot(self.client, tracked.instance, tracked.snapshot, self.identity)
                 claims.release(self.client, tracked.instance, self.identity)
-            except (*LXD_FAULTS, LxdSnapError) as exc:
+            except FAULTS as exc:
                 self.problems.append(f"cleaning up {tracked.name!r} (instance {tracked.instance}): {describe(exc)}")
         self._executor.shutdown(wait=True, cancel_futures=True)
         try:
@@ -836,7 +837,7 @@ class LxdSession:
             self._stop_heartbeat()  # alive until here: our last change is done
             leases.close_lease(self.client, self.identity)
             return self.leftovers()
-        except (*LXD_FAULTS, LxdSnapError) as exc:
+        except FAULTS as exc:
             self.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "
                                  "`lxdsnap gc` restores and removes what this session left")
             return []
@@ -852,7 +853,7 @@ class LxdSession:
                 continue
             try:
                 lxdapi.delete_owned_instance(client, name, self.identity)
-            except (*LXD_FAULTS, LxdSnapError) as exc:
+            except FAULTS as exc:
                 self.problems.append(f"deleting instance {name}: {describe(exc)}")
 
     def leftovers(self) -> list[Leftover]:
