@@ -116,22 +116,16 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity, i
     user may have worked in it since the crash. ``keep``: hold it afterwards (a session), else let go (gc).
     """
     where = lxdapi.where(client, name)
-    record, etag = lxdapi.read_instance(client, name)
-    if holder_at(record["config"], where) != holder:
-        return []  # someone else recovered or claimed it meanwhile
     baseline = holder.snapshot_name(BASELINE_LABEL)
-    pool, driver = lxdapi.root_pool(client, record)
-    if zfs.newer_snapshots_block_restore(driver) and lxdapi.snapshot_is_owned(client, name, baseline, holder):
-        raise ResetError(  # keeping the current state first would be a newer snapshot: LXD refuses then
-            f"instance {name!r} was held by a dead {holder.describe()}; on ZFS pool {pool!r} lxdsnap cannot keep "
-            f"the state it has now and still restore the baseline (only the latest snapshot restores), so it did "
-            f"not roll it back. Keep what you need (`{commands_for(client)(f'copy {name} <name>')}`), then "
-            f"`{commands_for(client).restore(name, baseline)}` and "
-            f"`{commands_for(client).delete_snapshot(name, baseline)}`; `lxdsnap gc` then removes the lxdsnap keys")
-    power = record["config"].get(POWER_KEY)
-    if not lxdapi.put_instance(client, name, record, etag, **_holding(identity, where, record, power)):
-        return []
     lxdapi.settle(client, name)  # the dead session's last operation may still be running in LXD
+    while True:  # claim it, unless someone else recovered or claimed it meanwhile
+        record, etag = lxdapi.read_instance(client, name)
+        if holder_at(record["config"], where) != holder:
+            return []
+        _refuse_on_zfs(client, name, record, holder, baseline)
+        power = record["config"].get(POWER_KEY)
+        if lxdapi.put_instance(client, name, record, etag, **_holding(identity, where, record, power)):
+            break
     done = []
     if lxdapi.snapshot_is_owned(client, name, baseline, holder):
         snap = client.api.instances[name].snapshots[baseline].get().json()["metadata"]
@@ -158,6 +152,19 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity, i
     if not keep:
         done.append(f"removed the lxdsnap keys from {name}")
     return done
+
+
+def _refuse_on_zfs(client: pylxd.Client, name: str, record: dict[str, Any], holder: SessionIdentity,
+                   baseline: str) -> None:
+    """On ZFS the state cannot be kept as a snapshot and the baseline still restored: refuse, changing nothing."""
+    pool, driver = lxdapi.root_pool(client, record)
+    if zfs.newer_snapshots_block_restore(driver) and lxdapi.snapshot_is_owned(client, name, baseline, holder):
+        raise ResetError(  # keeping the current state first would be a newer snapshot: LXD refuses then
+            f"instance {name!r} was held by a dead {holder.describe()}; on ZFS pool {pool!r} lxdsnap cannot keep "
+            f"the state it has now and still restore the baseline (only the latest snapshot restores), so it did "
+            f"not roll it back. Keep what you need (`{commands_for(client)(f'copy {name} <name>')}`), then "
+            f"`{commands_for(client).restore(name, baseline)}` and "
+            f"`{commands_for(client).delete_snapshot(name, baseline)}`; `lxdsnap gc` then removes the lxdsnap keys")
 
 
 def keep_current_state(client: pylxd.Client, name: str, identity: SessionIdentity) -> str:

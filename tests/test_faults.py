@@ -224,7 +224,7 @@ def test_second_ctrl_c_exits_at_once_with_the_recovery_command(pytester, make_in
     assert "  lxdsnap gc" in output and f"{COMMANDS.restore(name, 'lxdsnap-')}" in output
     done = lxdsnap("gc")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert user_config(lxd_client, name) == found
+    assert user_config(lxd_client, name) == found, done.stdout
     assert snapshot_names(lxd_client, name) == ["user-snap", *recovery_snapshots(lxd_client, name)]
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
 
