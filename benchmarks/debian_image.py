@@ -1,6 +1,7 @@
 """A realistic image for the benchmark: Debian 12 minbase with systemd and python3 (about 240 MB).
 
-Built with debootstrap from the Debian mirror the host's own apt sources name (nothing is hard-coded),
+Built with debootstrap from the host's own apt source of Debian's archive (signed by Debian's keyring, see
+:func:`pytest_lxdsnap.aptsources.debian_archive`; nothing is hard-coded),
 imported as ``lxdsnap-bench/debian``. Takes about a minute the first time; reused afterwards.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import pylxd
 from pylxd.exceptions import NotFound
 
-from pytest_lxdsnap.backends import host_debian_mirror
+from pytest_lxdsnap.aptsources import debian_archive
 from pytest_lxdsnap.image import lxd_architecture
 
 ALIAS = "lxdsnap-bench/debian"
@@ -41,7 +42,7 @@ def ensure_debian_image(client: pylxd.Client, log: Callable[[str], object] = pri
         rootfs = Path(tmp, "rootfs")
         log(f"debian image: debootstrap --variant=minbase {SUITE} (about a minute)")
         subprocess.run(["debootstrap", "--variant=minbase", "--include=systemd-sysv,python3", SUITE, str(rootfs),
-                        host_debian_mirror(SUITE)[0]], check=True, stdout=subprocess.DEVNULL)
+                        debian_archive(SUITE)], check=True, stdout=subprocess.DEVNULL)
         hostname = rootfs / "etc/hostname"
         hostname.unlink(missing_ok=True)  # never write into a rootfs through a link
         hostname.write_text("debian\n")

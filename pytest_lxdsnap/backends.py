@@ -50,38 +50,3 @@ def codename(root: Path = Path("/")) -> str:
         raise LxdSnapError("no VERSION_CODENAME in /etc/os-release: install Incus by hand on this system")
     return match.group(1)
 
-
-def host_debian_mirror(suite: str, root: Path = Path("/")) -> tuple[str, str | None]:
-    """The Debian mirror this host's apt sources use for ``suite`` (nothing is hard-coded) and the keyring
-    they sign it with (deb822 ``URIs:``/``Signed-By:`` stanzas, or one-line ``deb`` entries)."""
-    for path in sorted((root / "etc/apt/sources.list.d").glob("*.sources")):
-        for stanza in re.split(r"\n\s*\n", path.read_text()):
-            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.+)$", stanza, re.M))
-            if suite in fields.get("Suites", "").split() and "main" in fields.get("Components", "").split():
-                return fields["URIs"].split()[0], fields.get("Signed-By")
-    listing = root / "etc/apt/sources.list"
-    if listing.exists():
-        for match in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+" + suite + r"\s", listing.read_text(), re.M):
-            return match.group(1), None
-    raise LxdSnapError(f"no Debian mirror for {suite} in /etc/apt/sources*: add one, or install Incus by hand")
-
-
-def has_backports(suite: str, root: Path = Path("/")) -> bool:
-    texts = [p.read_text() for p in (root / "etc/apt/sources.list.d").glob("*.sources")]
-    if (root / "etc/apt/sources.list").exists():
-        texts.append((root / "etc/apt/sources.list").read_text())
-    return any(re.search(rf"(^Suites:.*\s|^deb\s.*\s){suite}-backports(\s|$)", t, re.M) for t in texts)
-
-
-def add_backports(root: Path = Path("/")) -> str | None:
-    """Add ``<codename>-backports`` from the host's own Debian mirror to apt's sources, unless present;
-    the file written, or None."""
-    suite = codename(root)
-    if has_backports(suite, root):
-        return None
-    uri, keyring = host_debian_mirror(suite, root)
-    lines = ["Types: deb", f"URIs: {uri}", f"Suites: {suite}-backports", "Components: main"]
-    if keyring:
-        lines.append(f"Signed-By: {keyring}")
-    (root / BACKPORTS_SOURCES).write_text("\n".join(lines) + "\n")
-    return str(root / BACKPORTS_SOURCES)

@@ -9,7 +9,9 @@ from pathlib import Path
 from .backends import INCUS, LXD
 from .connection import Endpoint, insecure_warning, trusted_on_first_use
 from .errors import LxdSnapError
-from .hostsetup import STATE_FILE, doctor, setup, undo
+from .hostsetup import doctor, setup
+from .setupchanges import STATE_FILE
+from .setupundo import undo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from pylxd.exceptions import NotFound
 
-from pytest_lxdsnap import hostsetup, lxdapi, stophook
-from pytest_lxdsnap.backends import INCUS
+from pytest_lxdsnap import aptsources, daemons, hostsetup, lxdapi, setupundo, stophook
+from pytest_lxdsnap.backends import INCUS, LXD
 from pytest_lxdsnap.connection import Endpoint
 from pytest_lxdsnap.errors import LxdSnapError
-from pytest_lxdsnap.hostsetup import Change, ChangeLog, Decision, Seen, decide
+from pytest_lxdsnap.setupchanges import Change, ChangeLog, sha256
+from pytest_lxdsnap.setupundo import Decision, Seen, decide
 
 from .conftest import BACKEND, TEST_PREFIX
 
@@ -77,23 +78,23 @@ def backports(root: Path) -> Path:
 
 def test_a_vendor_stanza_listed_first_does_not_win_and_the_keyring_is_named_by_path(tmp_path):
     root = fake_root(tmp_path, **{"00-vendor.sources": VENDOR, "debian.sources": DEBIAN})
-    written = hostsetup.add_backports(root)
+    written = aptsources.add_backports(root)
     assert written == backports(root)
     text = written.read_text()
     assert "URIs: http://mirror.example/debian\n" in text and "vendor" not in text
     assert f"Suites: bookworm-backports\nComponents: main\nSigned-By: {KEYRING}\n" in text
-    assert hostsetup.apt_rejects(root) == ""  # apt reads every source, ours included
-    assert hostsetup.add_backports(root) is None  # idempotent
+    assert aptsources.apt_rejects(root) == ""  # apt reads every source, ours included
+    assert aptsources.add_backports(root) is None  # idempotent
 
 
 def test_an_inline_key_block_is_never_copied_nor_trusted(tmp_path):
     root = fake_root(tmp_path, **{"debian.sources": INLINE})
     with pytest.raises(LxdSnapError, match="nothing was written") as info:
-        hostsetup.add_backports(root)
+        aptsources.add_backports(root)
     assert "inline key" in str(info.value) and f"Signed-By: {KEYRING}" in str(info.value)
     assert not backports(root).exists()
     (root / "etc/apt/sources.list.d/zz-debian.sources").write_text(DEBIAN.replace("mirror.", "mirror2."))
-    text = hostsetup.add_backports(root).read_text()
+    text = aptsources.add_backports(root).read_text()
     assert "URIs: http://mirror2.example/debian\n" in text and "BEGIN PGP" not in text
 
 
@@ -101,30 +102,30 @@ def test_one_line_list_with_a_signed_by_option(tmp_path):
     root = fake_root(tmp_path, **{"debian.list": f"# Debian\ndeb [arch=amd64 signed-by={KEYRING}] "
                                                  "http://mirror.example/debian bookworm main contrib\n"
                                                  "deb-src http://mirror.example/debian bookworm main\n"})
-    assert hostsetup.debian_archive("bookworm", root) == "http://mirror.example/debian"
+    assert aptsources.debian_archive("bookworm", root) == "http://mirror.example/debian"
 
 
 def test_an_unsigned_source_counts_only_when_apts_release_file_is_signed_by_debian(tmp_path):
     root = fake_root(tmp_path, **{"sources.list": "deb http://mirror.example/debian/ bookworm main\n"})
     with pytest.raises(LxdSnapError, match=r"no Signed-By, and apt's InRelease .* missing") as info:
-        hostsetup.debian_archive("bookworm", root)
+        aptsources.debian_archive("bookworm", root)
     assert "apt-get update" in str(info.value)
-    release = hostsetup.release_file("http://mirror.example/debian/", "bookworm", root)
+    release = aptsources.release_file("http://mirror.example/debian/", "bookworm", root)
     assert release.name == "mirror.example_debian_dists_bookworm_InRelease"  # apt's own name for it
     release.parent.mkdir(parents=True)
     release.write_text("Origin: Debian\nLabel: Debian\nSuite: stable\n")  # says Debian, signed by nobody
     with pytest.raises(LxdSnapError, match="not signed with"):
-        hostsetup.debian_archive("bookworm", root)
+        aptsources.debian_archive("bookworm", root)
     real = glob.glob("/var/lib/apt/lists/*_dists_bookworm_InRelease")
     assert real, "this host's apt has no bookworm InRelease: run `apt-get update`"
     shutil.copy(real[0], release)  # what apt downloaded from Debian, signature included
-    assert hostsetup.debian_archive("bookworm", root) == "http://mirror.example/debian/"
+    assert aptsources.debian_archive("bookworm", root) == "http://mirror.example/debian/"
 
 
 def test_an_existing_backports_entry_is_left_alone(tmp_path):
     root = fake_root(tmp_path, **{"sources.list": "deb http://other.example/debian bookworm-backports main\n",
                                   "debian.sources": DEBIAN})
-    assert hostsetup.add_backports(root) is None
+    assert aptsources.add_backports(root) is None
     assert not backports(root).exists()
 
 
@@ -133,7 +134,7 @@ def test_no_debian_source_says_what_to_add_and_writes_nothing(tmp_path):
         "Types: deb\n#", "Types: deb\nEnabled: no\n#", 1).split("\n\n")[0]})
     before = sorted(os.listdir(root / "etc/apt/sources.list.d"))
     with pytest.raises(LxdSnapError) as info:
-        hostsetup.add_backports(root)
+        aptsources.add_backports(root)
     message = str(info.value)
     assert "no apt source of Debian's own archive for bookworm" in message
     assert "https://vendor.example/apt in /etc/apt/sources.list.d/vendor.sources: signed by" in message
@@ -144,7 +145,7 @@ def test_no_debian_source_says_what_to_add_and_writes_nothing(tmp_path):
 def test_sources_apt_already_refuses_stop_setup_before_it_writes(tmp_path):
     root = fake_root(tmp_path, **{"debian.sources": DEBIAN, "broken.sources": "Types: deb\nURIs: http://x.example/\n"})
     with pytest.raises(LxdSnapError, match="apt already refuses this host's sources"):
-        hostsetup.add_backports(root)
+        aptsources.add_backports(root)
     assert not backports(root).exists()
 
 
@@ -152,16 +153,16 @@ def test_a_source_apt_refuses_is_removed_again(tmp_path, monkeypatch):
     """Whatever is written, apt reads it beside every other source before it stays: here a source whose Signed-By
     conflicts with the host's entry for the same mirror and suite, which makes every `apt-get update` fail."""
     root = fake_root(tmp_path, **{"debian.sources": DEBIAN})
-    monkeypatch.setattr(hostsetup, "backports_source",
+    monkeypatch.setattr(aptsources, "backports_source",
                         lambda uri, suite: f"Types: deb\nURIs: {uri}\nSuites: {suite}-updates\nComponents: main\n"
                                            "Signed-By: /usr/share/keyrings/other.gpg\n")
     with pytest.raises(LxdSnapError, match=r"apt refused .* removed again[\s\S]*Conflicting values .*Signed-By"):
-        hostsetup.add_backports(root)
+        aptsources.add_backports(root)
     assert not backports(root).exists()
 
 
 def test_deb822_parsing_keeps_multiline_values_and_skips_disabled_stanzas():
-    entries = hostsetup.parse_deb822("x.sources", INLINE + "\n" + "types: deb\nenabled: No\nuris: http://a.example/\n"
+    entries = aptsources.parse_deb822("x.sources", INLINE + "\n" + "types: deb\nenabled: No\nuris: http://a.example/\n"
                                      "suites: bookworm\ncomponents: main\n")
     assert len(entries) == 1
     assert entries[0].signed_by.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----\n.\nmQINBF")
@@ -173,11 +174,11 @@ def test_deb822_parsing_keeps_multiline_values_and_skips_disabled_stanzas():
 
 def test_candidate_sockets_ask_the_environment_and_the_snap_first():
     env = {"LXD_DIR": "/srv/lxd", "INCUS_DIR": "/srv/incus"}
-    assert hostsetup.candidate_sockets(hostsetup.LXD, env) == [
+    assert daemons.candidate_sockets(LXD, env) == [
         "/srv/lxd/unix.socket", "/var/snap/lxd/common/lxd/unix.socket", "/var/lib/lxd/unix.socket"]
-    assert hostsetup.candidate_sockets(INCUS, env) == [
+    assert daemons.candidate_sockets(INCUS, env) == [
         "/srv/incus/unix.socket", "/srv/lxd/unix.socket", "/var/lib/incus/unix.socket"]
-    assert hostsetup.candidate_sockets(hostsetup.LXD, {})[0] == "/var/snap/lxd/common/lxd/unix.socket"
+    assert daemons.candidate_sockets(LXD, {})[0] == "/var/snap/lxd/common/lxd/unix.socket"
 
 
 def setup_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -282,8 +283,8 @@ def test_undo_leaves_a_pool_and_image_still_in_use_and_says_why(lxd_client, thro
 def test_undo_removes_an_apt_source_setup_wrote_unless_it_was_edited(tmp_path):
     root = fake_root(tmp_path / "root", **{"debian.sources": DEBIAN})
     state = tmp_path / "state.json"
-    written = hostsetup.add_backports(root)
-    ChangeLog(state, "incus").add("apt-source", path=str(written), sha256=hostsetup.sha256(written))
+    written = aptsources.add_backports(root)
+    ChangeLog(state, "incus").add("apt-source", path=str(written), sha256=sha256(written))
     written.write_text(written.read_text() + "# edited by the admin\n")
     undo = [sys.executable, "-m", "pytest_lxdsnap.cli", "setup", "--incus", "--undo", "--state-file", str(state)]
     result = subprocess.run(undo, capture_output=True, text=True, timeout=60)
@@ -292,7 +293,7 @@ def test_undo_removes_an_apt_source_setup_wrote_unless_it_was_edited(tmp_path):
     assert written.exists() and state.exists()
 
     state.unlink()
-    ChangeLog(state, "incus").add("apt-source", path=str(written), sha256=hostsetup.sha256(written))
+    ChangeLog(state, "incus").add("apt-source", path=str(written), sha256=sha256(written))
     result = subprocess.run(undo, capture_output=True, text=True, timeout=60)
     assert f"undone: wrote apt source {written}" in result.stdout, result.stdout + result.stderr
     assert not written.exists() and not state.exists()
@@ -326,9 +327,9 @@ def test_decide(kind, seen, left, expected):
 def fake_host(monkeypatch, seen: dict[str, Seen]) -> list[str]:
     """Undo against a fake host: what it finds per kind, and the actions it takes, in order."""
     actions: list[str] = []
-    monkeypatch.setattr(hostsetup, "observe", lambda c, removing: seen.get(c.kind, Seen()))
-    monkeypatch.setattr(hostsetup, "apply", lambda c: actions.append(c.kind))
-    monkeypatch.setattr(hostsetup, "remove_packages", lambda names: actions.append("remove " + " ".join(names)))
+    monkeypatch.setattr(setupundo, "observe", lambda c, removing: seen.get(c.kind, Seen()))
+    monkeypatch.setattr(setupundo, "apply", lambda c: actions.append(c.kind))
+    monkeypatch.setattr(setupundo, "remove_packages", lambda names: actions.append("remove " + " ".join(names)))
     return actions
 
 
@@ -347,7 +348,7 @@ def test_undo_runs_newest_first_and_removes_packages_in_one_call(tmp_path, monke
     state = tmp_path / "state.json"
     recorded(state)
     actions = fake_host(monkeypatch, {})
-    assert hostsetup.undo(INCUS, state, log=lambda line: None)
+    assert setupundo.undo(INCUS, state, log=lambda line: None)
     assert actions == ["image", "pool", "daemon", "remove incus-client incus", "apt-source"]
     assert [(c.kind, c.backend) for c in ChangeLog(state).load()] == [("pool", "lxd")]  # LXD's side stays
 
@@ -357,7 +358,7 @@ def test_a_daemon_in_use_keeps_its_packages_and_their_source(tmp_path, monkeypat
     recorded(state)
     actions = fake_host(monkeypatch, {"daemon": Seen(users=("instance web",))})
     lines: list[str] = []
-    assert hostsetup.undo(INCUS, state, log=lines.append)
+    assert setupundo.undo(INCUS, state, log=lines.append)
     assert actions == ["image", "pool"]
     assert "left:   installed package incus: the daemon setup started was left running" in lines
     assert "left:   wrote apt source /x: packages installed from it stay" in lines
