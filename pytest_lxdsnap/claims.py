@@ -23,14 +23,14 @@ from .ownership import (
     BASELINE_LABEL,
     CREATED_KEY,
     EPHEMERAL_KEY,
-    KEPT_KEY,
     OWNER_KEY,
     POWER_KEY,
+    RECOVERING_KEY,
     SESSION_KEYS,
     SessionIdentity,
     holder_at,
     holder_is_dead,
-    kept_value,
+    kept_config,
 )
 
 FROZEN = "Frozen"
@@ -38,9 +38,15 @@ RECOVERY_SNAPSHOT_DAYS = 7
 """How long LXD keeps the state an instance had before recovery rolled it back."""
 
 
-def _holding(identity: SessionIdentity, where: str, record: dict[str, Any], power: str | None) -> dict[str, Any]:
-    """The PUT fields that make ``identity`` the holder (the ephemeral flag parked in a key)."""
-    config = {**record["config"], OWNER_KEY: identity.tag(where), POWER_KEY: power or record["status"]}
+def _holding(identity: SessionIdentity, where: str, record: dict[str, Any], power: str | None, *,
+             fresh: bool = False, recovering: str | None = None) -> dict[str, Any]:
+    """The PUT fields that make ``identity`` the holder (the ephemeral flag parked in a key). ``fresh``: nobody
+    held it, so session keys already there came with a copy and are dropped, not trusted."""
+    config = {k: v for k, v in record["config"].items()
+              if not (fresh and k in SESSION_KEYS) and k != RECOVERING_KEY}
+    config.update({OWNER_KEY: identity.tag(where), POWER_KEY: power or record["status"]})
+    if recovering:
+        config[RECOVERING_KEY] = recovering  # whose baseline this claim is about to put back
     if record.get("ephemeral"):
         config[EPHEMERAL_KEY] = "true"
     return {"config": config, "ephemeral": False}
@@ -71,11 +77,12 @@ def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: f
     while True:
         record, etag = lxdapi.read_instance(client, name)
         holder = holder_at(record["config"], where)
+        if holder != identity and record["status"] == FROZEN:
+            raise paused_error(name, commands_for(client))
         if holder is None or holder == identity:
-            if holder is None and record["status"] == FROZEN:
-                raise paused_error(name, commands_for(client))
             power = record["config"].get(POWER_KEY) if holder == identity else None
-            if lxdapi.put_instance(client, name, record, etag, **_holding(identity, where, record, power)):
+            fields = _holding(identity, where, record, power, fresh=holder is None)
+            if lxdapi.put_instance(client, name, record, etag, **fields):
                 return lxdapi.get_instance(client, name)
             continue  # changed between our read and our write: look again
         lease, now = leases.lease_of(client, holder)
@@ -116,18 +123,20 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity, i
     user may have worked in it since the crash. ``keep``: hold it afterwards (a session), else let go (gc).
     """
     where = lxdapi.where(client, name)
-    baseline = holder.snapshot_name(BASELINE_LABEL)
     lxdapi.settle(client, name)  # the dead session's last operation may still be running in LXD
     while True:  # claim it, unless someone else recovered or claimed it meanwhile
         record, etag = lxdapi.read_instance(client, name)
         if holder_at(record["config"], where) != holder:
             return []
-        _refuse_on_zfs(client, name, record, holder, baseline)
+        origin = holder_at(record["config"], where, RECOVERING_KEY) or holder  # a recovery that died half-way
+        baseline = origin.snapshot_name(BASELINE_LABEL)
+        _refuse_on_zfs(client, name, record, origin, baseline)
         power = record["config"].get(POWER_KEY)
-        if lxdapi.put_instance(client, name, record, etag, **_holding(identity, where, record, power)):
+        fields = _holding(identity, where, record, power, recovering=origin.tag(where))
+        if lxdapi.put_instance(client, name, record, etag, **fields):
             break
     done = []
-    if lxdapi.snapshot_is_owned(client, name, baseline, holder):
+    if lxdapi.snapshot_is_owned(client, name, baseline, origin):
         snap = client.api.instances[name].snapshots[baseline].get().json()["metadata"]
         power = snap["config"].get(POWER_KEY) or power
         done.append(keep_current_state(client, name, identity))
@@ -135,12 +144,13 @@ def recover_instance(client: pylxd.Client, name: str, holder: SessionIdentity, i
         done.append(f"restored {name} from {baseline}")
     else:
         done.append(f"{name}: the dead session's baseline {baseline} is gone (expired?): not restored")
-    for snapshot in lxdapi.owned_snapshots(client, name, holder):
-        try:
-            lxdapi.delete_owned_snapshot(client, name, snapshot, holder)
-        except (NotFound, OwnershipError):
-            continue  # another session recovering at the same moment got there first
-        done.append(f"deleted snapshot {name}/{snapshot}")
+    for dead in {origin, holder}:
+        for snapshot in lxdapi.owned_snapshots(client, name, dead):
+            try:
+                lxdapi.delete_owned_snapshot(client, name, snapshot, dead)
+            except (NotFound, OwnershipError):
+                continue  # another session recovering at the same moment got there first
+            done.append(f"deleted snapshot {name}/{snapshot}")
     if power in (lxdapi.RUNNING, lxdapi.STOPPED) and lxdapi.status(client, name) != power:
         lxdapi.set_power(client, name, "start" if power == lxdapi.RUNNING else "stop")  # not ephemeral now
         done.append(f"{'started' if power == lxdapi.RUNNING else 'stopped'} {name} as it was found")
@@ -186,7 +196,7 @@ def commands_for(client: pylxd.Client) -> Commands:
 def mark_kept(client: pylxd.Client, name: str, until: float) -> None:
     """Turn one of this session's instances into a kept state: no session owns it, gc deletes it after
     ``until``."""
-    changes: dict[str, str | None] = {KEPT_KEY: kept_value(until, lxdapi.where(client, name)), CREATED_KEY: None,
+    changes: dict[str, str | None] = {**kept_config(until, lxdapi.where(client, name)), CREATED_KEY: None,
                                       **dict.fromkeys(SESSION_KEYS)}
     while not lxdapi.update_config(client, name, *lxdapi.read_instance(client, name), changes):
         pass

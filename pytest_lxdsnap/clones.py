@@ -24,6 +24,42 @@ SLOT_WAIT = 120.0
 """Seconds a test waits for room under --lxd-max-clones (clones in use by earlier tests are being deleted)."""
 
 
+class Slots:
+    """The session's cap on clones that exist at once (--lxd-max-clones), shared by its clone pools.
+
+    Preparing ahead never takes the last ``reserve`` free slots, so a test's own clone of any container can
+    always be made; a test that finds none free waits for a retired clone's deletion."""
+
+    def __init__(self, total: int, reserve: int = 0) -> None:
+        self.total = total
+        self.reserve = reserve
+        self._free = total
+        self._changed = threading.Condition()
+
+    def try_take_ahead(self) -> bool:
+        with self._changed:
+            if self._free <= self.reserve:
+                return False
+            self._free -= 1
+            return True
+
+    def take(self, timeout: float) -> bool:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._free > 0, timeout):
+                return False
+            self._free -= 1
+            return True
+
+    def give(self) -> None:
+        with self._changed:
+            self._free = min(self._free + 1, self.total)
+            self._changed.notify()
+
+    @property
+    def in_use(self) -> int:
+        return self.total - self._free
+
+
 class ClonePool:
     """Clones of one baseline snapshot: ``take()`` a ready one, ``retire()`` it after the test."""
 
@@ -41,7 +77,7 @@ class ClonePool:
         planned: int,
         ready: Callable[[str], object] | None = None,
         target: str | None = None,
-        slots: threading.BoundedSemaphore | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self._client = client
         self.target = target  # the cluster member of the base (None: standalone or left to LXD)
@@ -54,7 +90,7 @@ class ClonePool:
         self.ahead = ahead
         self.planned = planned  # uses still expected from the collected tests
         self._ready = ready
-        self._slots = slots or threading.BoundedSemaphore(ahead + 2)  # the session's cap on clones at once
+        self._slots = slots or Slots(ahead + 2)  # the session's cap on clones at once
         self._lock = threading.Lock()
         self._counter = 0
         self._prepared: deque[Future[str]] = deque()
@@ -69,9 +105,12 @@ class ClonePool:
             raise type(self._error)(str(self._error))
         with self._lock:
             waiting = not self._prepared
-        if waiting and not self._slots.acquire(timeout=SLOT_WAIT):
-            raise LxdSnapError(f"no clone of {self.container!r} could be made in {SLOT_WAIT:g} s: this session "
-                               "already has as many clones as --lxd-max-clones allows, all in use. Raise it")
+        if waiting and not self._slots.take(timeout=SLOT_WAIT):
+            raise LxdSnapError(
+                f"no clone of {self.container!r} could be made in {SLOT_WAIT:g} s: this session already has "
+                f"{self._slots.in_use} clones (--lxd-max-clones={self._slots.total}), in use by this test or not "
+                f"yet deleted. Raise --lxd-max-clones to at least the number of declared containers one test uses, "
+                f"plus one")
         with self._lock:
             if waiting:
                 self._prepared.append(self._executor.submit(self._make))
@@ -91,13 +130,13 @@ class ClonePool:
 
     def let_go(self, instance: str) -> None:
         """A clone kept for inspection (--lxd-keep-failed) is no longer the pool's: its slot is free."""
-        self._slots.release()
+        self._slots.give()
 
     def top_up(self) -> None:
         """Keep up to ``ahead`` clones prepared, but no more than the collected tests will use."""
         with self._lock:
             while self._error is None and len(self._prepared) < min(self.ahead, self.planned):
-                if not self._slots.acquire(blocking=False):
+                if not self._slots.try_take_ahead():
                     break  # at the cap: the next retirement makes room
                 self._prepared.append(self._executor.submit(self._make))
 
@@ -116,7 +155,7 @@ class ClonePool:
         try:
             return self._make_in_slot()
         except BaseException:
-            self._slots.release()
+            self._slots.give()
             raise
 
     def _make_in_slot(self) -> str:
@@ -155,7 +194,7 @@ class ClonePool:
         try:
             self._delete(instance)
         finally:
-            self._slots.release()
+            self._slots.give()
 
     # -- the end ---------------------------------------------------------------------------------
     def close(self) -> list[str]:
@@ -167,7 +206,7 @@ class ClonePool:
         problems = []
         for future in pending:
             if future.cancel():
-                self._slots.release()
+                self._slots.give()
                 continue
             try:
                 self.retire(future.result())

@@ -21,9 +21,12 @@ from pylxd.exceptions import NotFound
 from . import claims, leases, lxdapi, projects, reuse
 from .errors import OwnershipError
 from .ownership import (
+    BUILDING_KEY,
     CREATED_KEY,
     KEPT_KEY,
+    LEGACY,
     OWNER_KEY,
+    RECOVERING_KEY,
     SessionIdentity,
     foreign_keys,
     holder_at,
@@ -108,7 +111,7 @@ def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict
     where = lxdapi.where(client, name)
     kept = config.get(KEPT_KEY)
     if kept is not None:
-        until = kept_until(kept, where)
+        until = kept_until(config, where)
         if until is not None and until < now:
             return [Garbage("kept", name, "a kept failed-test state past its expiry",
                             _then(partial(lxdapi.delete_kept_instance, client, name), f"deleted kept instance {name}"))]
@@ -123,9 +126,10 @@ def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict
                                           f"deleted instance {name}"))]
     owner = holder_at(config, where)
     if reuse.is_kept(record):
-        if owner is None or verdict(owner)[0]:
+        building = holder_at(config, where, BUILDING_KEY)
+        if (owner is None or verdict(owner)[0]) and (building is None or verdict(building)[0]):
             return [Garbage("reuse", name, "a declared container kept for reuse (--lxd-reuse)",
-                            _then(partial(reuse.delete_kept, client, name), f"deleted kept instance {name}"))]
+                            partial(_delete_kept_build, client, name, owner, identity))]
         return []
     if owner is not None and verdict(owner)[0]:
         return [Garbage("held", name, f"held by session {owner.token} on {owner.host}, which is dead "
@@ -136,8 +140,8 @@ def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict
         tag = holder_at(snapshot.get("config") or {}, where)
         if tag is None or not is_plugin_snapshot_name(snapshot["name"]) or is_kept_snapshot_name(snapshot["name"]):
             continue  # LXD deletes kept ones when they expire
-        if tag == owner:
-            continue
+        if tag == owner or tag == holder_at(config, where, RECOVERING_KEY):
+            continue  # the holder's own, or the baseline a live recovery is putting back
         dead, why = verdict(tag)
         if dead:
             found.append(Garbage("snapshot", f"{name}/{snapshot['name']}", f"of session {tag.token}, dead ({why})",
@@ -148,7 +152,7 @@ def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict
 def _is_foreign_snapshot(snapshot: dict[str, Any], where: str) -> bool:
     """A plugin snapshot whose tag was written for another instance (it came with a copy)."""
     tag = read_tag((snapshot.get("config") or {}).get(OWNER_KEY))
-    return is_plugin_snapshot_name(snapshot["name"]) and tag is not None and tag.where != where
+    return is_plugin_snapshot_name(snapshot["name"]) and tag is not None and tag.where not in (where, LEGACY)
 
 
 def _foreign_commands(client: pylxd.Client, name: str, keys: list[str], snapshots: list[str]) -> str:
@@ -174,6 +178,21 @@ def clean_foreign(client: pylxd.Client, name: str) -> list[str]:
             lxdapi.when_idle(partial(_delete_node, client, node))
             done.append(f"deleted snapshot {name}/{snapshot['name']} (written for another instance)")
     return done
+
+
+def _delete_kept_build(client: pylxd.Client, name: str, owner: SessionIdentity | None,
+                       identity: SessionIdentity) -> list[str]:
+    """Take a kept build (If-Match, from the dead holder or nobody, as gc found it), then delete it: a session
+    that claimed it since gc looked keeps it."""
+    where = lxdapi.where(client, name)
+    record, etag = lxdapi.read_instance(client, name)
+    if holder_at(record["config"], where) != owner:
+        return []
+    config = {**record["config"], OWNER_KEY: identity.tag(where)}
+    if not lxdapi.put_instance(client, name, record, etag, config=config):
+        return []
+    reuse.delete_kept(client, name)
+    return [f"deleted kept instance {name}"]
 
 
 def _delete_node(client: pylxd.Client, node: Any) -> None:

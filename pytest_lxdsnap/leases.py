@@ -37,16 +37,20 @@ def open_lease(client: pylxd.Client, identity: SessionIdentity) -> None:
                                    "config": _config(identity, lxdapi.server_now(client)), "devices": {}})
 
 
+RENEW_TIMEOUT = 10.0
+"""Seconds one renewal request may take: renewals come every LEASE_SECONDS / 6, so several fit in a lease."""
+
+
 def renew_lease(client: pylxd.Client, identity: SessionIdentity) -> None:
     """Push the lease on by LEASE_SECONDS from the server's now; recreate it if someone deleted it."""
     node = client.api.profiles[profile_name(identity)]
     try:
-        response = node.get()
+        response = node.get(timeout=RENEW_TIMEOUT)
     except NotFound:
         open_lease(client, identity)
         return
     node.put(json={"description": _description(identity), "devices": {},
-                   "config": _config(identity, lxdapi.response_time(response))})
+                   "config": _config(identity, lxdapi.response_time(response))}, timeout=RENEW_TIMEOUT)
 
 
 def close_lease(client: pylxd.Client, identity: SessionIdentity) -> None:

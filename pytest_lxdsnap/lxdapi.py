@@ -25,7 +25,6 @@ from .errors import ConfigError, LxdSnapError, OwnershipError
 from .ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
-    KEPT_KEY,
     OWNER_KEY,
     SessionIdentity,
     is_kept_snapshot_name,
@@ -183,8 +182,9 @@ def listing(node: Any, *, recursion: bool = True) -> list[Any]:
 
 
 def where(client: pylxd.Client, name: str) -> str:
-    """The place an instance's tags are bound to: ``project/name``."""
-    return place(getattr(client, "project", None), name)
+    """The place an instance's tags are bound to: this server, the project, the name."""
+    server = (getattr(client, "host_info", None) or {}).get("environment", {}).get("certificate_fingerprint", "")
+    return place(getattr(client, "project", None), name, server)
 
 
 def response_time(response: Any) -> float:
@@ -379,8 +379,7 @@ def stop_and_delete(client: pylxd.Client, name: str, status: str) -> None:
 def delete_kept_instance(client: pylxd.Client, name: str) -> None:
     """Delete an instance kept after a failed test (it carries the kept key and the plugin prefix)."""
     record = get_instance(client, name)
-    kept = record["config"].get(KEPT_KEY)
-    if kept is None or kept_until(kept, where(client, name)) is None or not name.startswith(INSTANCE_PREFIX):
+    if kept_until(record["config"], where(client, name)) is None or not name.startswith(INSTANCE_PREFIX):
         raise OwnershipError(f"refusing to delete instance {name!r}: it is not a kept lxdsnap state")
     purge_exec_logs(client, name)
     stop_and_delete(client, name, record["status"])

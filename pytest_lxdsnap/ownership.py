@@ -2,9 +2,9 @@
 
 A session writes its identity (random token, host, machine id, boot id, PID namespace, pid and the
 process's start time) into the config key ``user.lxdsnap.owner`` of every instance it creates or holds.
-Each tag is *bound* to the object it was written on (``project/instance``, or a profile or project
-name): LXD copies config into snapshots and into copies the user makes (``lxc copy``), and a tag bound to
-another place marks such a copy, which is never the plugin's to delete, restore or sweep.
+Each tag is *bound* to the object it was written on (``server:project/instance``, or a profile or
+project name): LXD copies config into snapshots and into copies the user makes (``lxc copy``), and a tag
+bound to another place marks such a copy, which is never the plugin's to delete, restore or sweep.
 """
 
 from __future__ import annotations
@@ -37,8 +37,18 @@ EPHEMERAL_KEY = "user.lxdsnap.ephemeral"
 """Config key: the instance was ephemeral when a session took it. The flag is off while the session
 holds it (LXD deletes an ephemeral instance when it stops) and is put back when the session lets go."""
 
+RECOVERING_KEY = "user.lxdsnap.recovering"
+"""Config key written with the claim that starts a recovery: the dead holder whose baseline is being put
+back. Should the recovery itself die half-way, the next one still knows which baseline to restore."""
+
+BUILDING_KEY = "user.lxdsnap.building"
+"""Config key on a --lxd-reuse build while a session builds it (its tag): nobody else deletes it meanwhile.
+Not the owner key: the build's baseline snapshot must never look like a session's own snapshot."""
+
 KEPT_KEY = "user.lxdsnap.kept"
-"""Config key on an instance kept after a failed test (--lxd-keep-failed): ``<until> <place>``."""
+"""Config key on an instance kept after a failed test (--lxd-keep-failed): when gc may delete it."""
+KEPT_PLACE_KEY = "user.lxdsnap.kept.place"
+"""Config key beside it: the place it was kept at (a copy of a kept state is not one)."""
 
 REUSE_KEY = "user.lxdsnap.reuse"
 """Config key on a declared container kept between runs (--lxd-reuse): the hash of its declaration."""
@@ -55,12 +65,16 @@ BASELINE_LABEL = "base"
 """Label of a session's baseline snapshot (``lxdsnap-<token>-base``); recovery after a crash looks for it."""
 KEPT_LABEL = "failed"
 
+LEGACY = "lxdsnap<0.2"
+"""Stands for the machine id, PID namespace and place a tag written by lxdsnap before 0.2 does not have."""
+
 _SNAPSHOT_NAME = re.compile(r"^lxdsnap-[a-z0-9]+-[a-z0-9-]+$")
 
 
-def place(project: str | None, instance: str) -> str:
-    """Where an instance lives, as its tags record it: ``project/name``."""
-    return f"{project or 'default'}/{instance}"
+def place(project: str | None, instance: str, server: str = "") -> str:
+    """Where an instance lives, as its tags record it: ``server:project/name`` (the server by its certificate's
+    fingerprint, shared by a cluster's members), so a copy to another project or server is not the original."""
+    return f"{server[:16]}:{project or 'default'}/{instance}"
 
 
 def _read(path: str) -> str:
@@ -100,9 +114,9 @@ def _ticks(pid: int | str) -> int | None:
     return int(fields[19])  # field 22 of stat
 
 
-def _process_start() -> float | None:
-    """When this process started (epoch seconds): what lxdsnap before 0.2 compared, kept so it judges us right."""
-    ticks = _ticks("self")
+def _process_start(ticks: int | None = None) -> float | None:
+    """When a process started (epoch seconds; by default this one): what lxdsnap before 0.2 compared."""
+    ticks = _ticks("self") if ticks is None else ticks
     try:
         with open("/proc/stat", encoding="ascii") as fh:
             boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
@@ -135,12 +149,25 @@ class SessionIdentity:
     def local_evidence(self) -> bool | None:
         """Whether the session still runs, where this process can know for sure: same machine, boot and
         PID namespace (pid and start ticks). None (unknown) anywhere else: its lease decides."""
+        if self.machine_id == LEGACY:
+            return self._legacy_evidence()
         me = SessionIdentity()
         if (self.host, self.machine_id, self.boot_id, self.pidns) != (me.host, me.machine_id, me.boot_id, me.pidns):
             return None
         if "unknown" in (self.machine_id, self.boot_id, self.pidns) or not _proc_is_ours():
             return None
         return _ticks(self.pid) == self.ticks
+
+    def _legacy_evidence(self) -> bool | None:
+        """A session of lxdsnap before 0.2 (no machine id, PID namespace or ticks in its tag): judged as it
+        judged itself, by host, boot id and the pid's start time."""
+        if self.host != socket.gethostname() or self.boot_id != _read("/proc/sys/kernel/random/boot_id"):
+            return None
+        ticks = _ticks(self.pid)
+        if ticks is None:
+            return False
+        start = _process_start(ticks)
+        return start is not None and abs(start - self.started) < 2.0
 
     def describe(self) -> str:
         return f"session {self.token} (host {self.host}, pid {self.pid})"
@@ -187,13 +214,14 @@ def read_tag(value: str | None) -> Tag | None:
         return None
     try:
         data = json.loads(value)
+        legacy = "place" not in data  # written by lxdsnap before 0.2: bound to nothing, so to wherever it is
         holder = SessionIdentity(
             token=str(data["token"]), host=str(data["host"]), pid=int(data["pid"]), boot_id=str(data["boot_id"]),
-            machine_id=str(data["machine_id"]), pidns=str(data["pidns"]), ticks=int(data["ticks"]),
-            started=float(data["started"]),
+            machine_id=LEGACY if legacy else str(data["machine_id"]), pidns=LEGACY if legacy else str(data["pidns"]),
+            ticks=-1 if legacy else int(data["ticks"]), started=float(data["started"]),
         )
-        return Tag(holder, str(data["place"]))
-    except (ValueError, KeyError, TypeError):
+        return Tag(holder, LEGACY if legacy else str(data["place"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -201,7 +229,7 @@ def holder_at(config: dict[str, str], where: str, key: str = OWNER_KEY) -> Sessi
     """The session whose tag under ``key`` is bound to ``where``; None when there is none (or it was
     written somewhere else: a copy's)."""
     tag = read_tag(config.get(key))
-    return tag.holder if tag is not None and tag.where == where else None
+    return tag.holder if tag is not None and tag.where in (where, LEGACY) else None
 
 
 def foreign_keys(config: dict[str, str], where: str) -> list[str]:
@@ -209,21 +237,23 @@ def foreign_keys(config: dict[str, str], where: str) -> list[str]:
     tagged = (OWNER_KEY, CREATED_KEY)
     if any(k in config for k in tagged) and not any(holder_at(config, where, k) for k in tagged):
         return sorted(k for k in config if k.startswith("user.lxdsnap."))
-    kept = config.get(KEPT_KEY)
-    if kept is not None and kept_until(kept, where) is None:
+    if KEPT_KEY in config and kept_until(config, where) is None:
         return sorted(k for k in config if k.startswith("user.lxdsnap."))
     return []
 
 
-def kept_value(until: float, where: str) -> str:
-    return f"{until:.0f} {where}"
+def kept_config(until: float, where: str) -> dict[str, str]:
+    """The keys that mark a kept failed-test state: until when (a plain number, as older versions read it),
+    and the place it was kept at."""
+    return {KEPT_KEY: f"{until:.0f}", KEPT_PLACE_KEY: where}
 
 
-def kept_until(value: str, where: str) -> float | None:
-    """When a kept state (written for ``where``) may be deleted; None when the value was written elsewhere."""
-    until, _, bound = value.partition(" ")
+def kept_until(config: dict[str, str], where: str) -> float | None:
+    """When a kept state (kept at ``where``) may be deleted; None when it is not one, or was kept elsewhere."""
+    if KEPT_KEY not in config or config.get(KEPT_PLACE_KEY) != where:
+        return None
     try:
-        return float(until) if bound == where else None
+        return float(config[KEPT_KEY])
     except ValueError:
         return None
 
@@ -238,5 +268,5 @@ def is_kept_snapshot_name(name: str) -> bool:
     return is_plugin_snapshot_name(name) and f"-{KEPT_LABEL}-" in name
 
 
-SESSION_KEYS = (OWNER_KEY, POWER_KEY, EPHEMERAL_KEY)
+SESSION_KEYS = (OWNER_KEY, POWER_KEY, EPHEMERAL_KEY, RECOVERING_KEY, BUILDING_KEY)
 """The keys a session writes on an existing instance it holds, and removes when it lets go."""

@@ -201,6 +201,8 @@ class InterruptGuard:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        self.cleaning = False  # the session's cleanup runs: a first signal no longer interrupts it
+        self.received = ""
         self.previous: dict[int, Any] = {}
         for signum in self.SIGNALS:
             if signal.getsignal(signum) not in (signal.SIG_DFL, signal.default_int_handler):
@@ -218,19 +220,21 @@ class InterruptGuard:
         for other in self.previous:
             signal.signal(other, self._second)
         self.received = signal.Signals(signum).name
+        if self.cleaning:  # cleaning up already: let it finish unless asked again
+            self._say_now(f"\nlxdsnap: {self.received}: cleaning up; send it again to stop at once\n")
+            return
         raise KeyboardInterrupt(self.received)
 
     def pytest_keyboard_interrupt(self) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and getattr(self, "received", "SIGINT") != "SIGINT":
+        if reporter is not None and self.received not in ("", "SIGINT"):
             reporter.write_line(f"lxdsnap: {self.received}: stopping; resetting the containers and cleaning up "
                                 "(send it again to stop at once)")
 
     def _second(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP and self.received == "SIGHUP":
+            return  # a lost terminal often sends two (the kernel's, and the shell's): one is not a second ask
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        capture = self.config.pluginmanager.get_plugin("capturemanager")
-        if capture is not None:  # the signal may land while a test's output is captured
-            capture.suspend_global_capture(in_=False)
         lxd = self.config.stash.get(SESSION, None)
         lines = ["", f"lxdsnap: second {what}: cleanup stopped. To finish it, run:", "  lxdsnap gc"]
         if lxd is not None:
@@ -240,8 +244,18 @@ class InterruptGuard:
                       for t in list(lxd.tracked.values()) if not t.declared]
             lines += [f"  {cmd(f'delete --force {t.instance}')}" for t in list(lxd.tracked.values()) if t.declared]
             lines.append(")")
-        _say("\n".join(lines) + "\n")
+        self._say_now("\n".join(lines) + "\n")
         os._exit(pytest.ExitCode.INTERRUPTED)
+
+    def _say_now(self, text: str) -> None:
+        """Write to the terminal from a signal handler, even while a test's output is captured."""
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        try:
+            if capture is not None:
+                capture.suspend_global_capture(in_=False)
+        except Exception:  # noqa: BLE001 - capture half torn down: write anyway
+            pass
+        _say(text)
 
 
 def _say(text: str) -> None:
@@ -503,6 +517,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
     lxd = session.config.stash.get(SESSION, None)
     failed = session.config.stash.get(report.FAILED, False)  # a worker's leftovers, on the xdist controller
+    guard = session.config.pluginmanager.get_plugin("lxdsnap-interrupt-guard")
+    if guard is not None:
+        guard.cleaning = True
     if lxd is not None:
         try:
             keep = cleanup_keep(session.config, lxd)

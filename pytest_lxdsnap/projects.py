@@ -14,7 +14,7 @@ import pylxd
 from pylxd.exceptions import NotFound
 
 from . import lxdapi
-from .ownership import CREATED_KEY, INSTANCE_PREFIX, KEPT_KEY, SessionIdentity, holder_at, kept_until
+from .ownership import CREATED_KEY, INSTANCE_PREFIX, SessionIdentity, holder_at, kept_until
 
 AUTO = "auto"
 SHARED_FEATURES = {"features.images": "false", "features.profiles": "false"}
@@ -63,8 +63,7 @@ def delete(client: pylxd.Client, name: str, creator: SessionIdentity) -> list[st
         done.append(f"deleted instance {instance} (project {name})")
     now = lxdapi.server_now(client)
     for record in lxdapi.listing(inside.api.instances):  # kept failed-test states past their expiry
-        kept = (record.get("config") or {}).get(KEPT_KEY)
-        until = kept_until(kept, lxdapi.where(inside, record["name"])) if kept is not None else None
+        until = kept_until(record.get("config") or {}, lxdapi.where(inside, record["name"]))
         if until is not None and until < now:
             lxdapi.delete_kept_instance(inside, record["name"])
             done.append(f"deleted kept instance {record['name']} (project {name})")

@@ -14,22 +14,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from typing import Any
 
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi
+from . import leases, lxdapi
 from .connection import Endpoint, connect
 from .errors import ConfigError, LxdSnapError, OwnershipError
 from .ownership import (
+    BUILDING_KEY,
     CREATED_KEY,
     INSTANCE_PREFIX,
     KEPT_KEY,
     REUSE_KEY,
     REUSE_PREFIX,
     REUSE_SNAPSHOT,
+    SessionIdentity,
     holder_at,
+    holder_is_dead,
 )
 from .settings import TABLE, ContainerSpec
 
@@ -136,7 +140,31 @@ def stale(client: pylxd.Client, spec: ContainerSpec, current: str) -> list[str]:
     """Kept builds of ``spec`` other than ``current`` (its declaration changed since), not held by anyone."""
     records = lxdapi.listing(client.api.instances)
     return [r["name"] for r in records if belongs(r, spec.name) and r["name"] != current
-            and holder_at(r["config"], lxdapi.where(client, r["name"])) is None]
+            and holder_at(r["config"], lxdapi.where(client, r["name"])) is None and builder(client, r) is None]
+
+
+def builder(client: pylxd.Client, record: dict[str, Any]) -> SessionIdentity | None:
+    """The session building this kept build right now, if it is alive."""
+    holder = holder_at(record.get("config") or {}, lxdapi.where(client, record["name"]), BUILDING_KEY)
+    if holder is None:
+        return None
+    lease, now = leases.lease_of(client, holder)
+    return None if holder_is_dead(holder, lease, now)[0] else holder
+
+
+def wait_for_builder(client: pylxd.Client, name: str, wait: float) -> bool:
+    """Wait (up to ``wait`` s) while a live session builds ``name``; whether it has its baseline now.
+    Raises OwnershipError if the builder is still at it."""
+    deadline = time.monotonic() + wait
+    while not has_baseline(client, name):
+        building = builder(client, lxdapi.get_instance(client, name))
+        if building is None:
+            return False  # a build cut short: no baseline, nobody at it
+        if time.monotonic() >= deadline:
+            raise OwnershipError(f"kept build {name!r} is being built by another lxdsnap session (host "
+                                 f"{building.host}, pid {building.pid}); waited {wait:g} s. Raise --lxd-lease-wait")
+        time.sleep(1.0)
+    return True
 
 
 def delete_kept(client: pylxd.Client, name: str) -> None:

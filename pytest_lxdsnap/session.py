@@ -20,7 +20,7 @@ import pylxd
 from pylxd.exceptions import NotFound
 
 from . import claims, garbage, leases, lxdapi, ports, projects, reuse, zfs
-from .clones import ClonePool
+from .clones import ClonePool, Slots
 from .commands import Commands
 from .connection import Endpoint, connect
 from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
@@ -28,6 +28,7 @@ from .execution import exec_command, purge_unread_logs
 from .lxdapi import FAULTS, LXD_FAULTS, describe
 from .ownership import (
     BASELINE_LABEL,
+    BUILDING_KEY,
     CREATED_KEY,
     INSTANCE_PREFIX,
     KEPT_LABEL,
@@ -151,7 +152,7 @@ class LxdSession:
         self.take_turns = take_turns  # claim existing containers per test, not per session (xdist workers)
         self.reuse = reuse  # keep provisioned declared containers between runs
         self.worker = worker  # pytest-xdist worker number: picks its cluster member from a spec's targets
-        self._clone_slots = threading.BoundedSemaphore(max_clones)  # clones that exist at once, all containers
+        self._clone_slots = Slots(max_clones)  # clones that exist at once, all containers
         # (name, stage or None once ready, seconds waited) on every tick while a test waits for a launch
         self.on_progress: Callable[[str, str | None, float], None] | None = None
         self.stages: dict[str, str] = {}  # what each background launch is doing now
@@ -170,7 +171,7 @@ class LxdSession:
         self._executor = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="lxdsnap")
         self._stopping = threading.Event()
         self._finishing = False
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: list[threading.Thread] | None = None
 
     @property
     def client(self) -> pylxd.Client:
@@ -265,6 +266,7 @@ class LxdSession:
         self._executor.submit(self._sweep_dead_sessions)
         for request in requests:
             self._planned.setdefault(request.name, []).append(request)
+        self._clone_slots.reserve = sum(1 for name in self._planned if name in self.specs)  # one each, always
         for name in self._planned:
             if name in self.specs and name not in self._launches and name not in self.tracked:
                 self._launches[name] = self._executor.submit(self._launch, self.specs[name])
@@ -298,20 +300,25 @@ class LxdSession:
                 f"could not create this session's lease (profile {leases.profile_name(self.identity)}): "
                 f"{describe(exc)}. Without it other sessions and `lxdsnap gc` could judge this one dead, so nothing "
                 "was changed. Check that this client may create profiles (`lxdsnap doctor`)") from None
-        self._heartbeat = threading.Thread(target=self._beat, name="lxdsnap-heartbeat", daemon=True)
-        self._heartbeat.start()
+        self._heartbeat = [threading.Thread(target=self._renew, name="lxdsnap-lease", daemon=True),
+                           threading.Thread(target=self._extend, name="lxdsnap-baselines", daemon=True)]
+        for thread in self._heartbeat:
+            thread.start()
 
-    def _beat(self) -> None:
-        period = max(min(LEASE_SECONDS / 3, self.snapshot_ttl / 4), 0.25)
-        renewed = time.monotonic()
-        while not self._stopping.wait(period):
+    def _renew(self) -> None:
+        """The lease, on a thread of its own: a slow snapshot call must never let it run out."""
+        while not self._stopping.wait(LEASE_SECONDS / 6):
             try:
-                if time.monotonic() - renewed >= LEASE_SECONDS / 3:
-                    leases.renew_lease(self.client, self.identity)
-                    renewed = time.monotonic()
+                leases.renew_lease(self.client, self.identity)
+            except FAULTS:
+                pass  # briefly unreachable: the next round tries again, well within the lease
+
+    def _extend(self) -> None:
+        while not self._stopping.wait(max(min(LEASE_SECONDS / 3, self.snapshot_ttl / 4), 0.25)):
+            try:
                 self._extend_baselines()
             except FAULTS:
-                pass  # briefly unreachable: the next round tries again
+                pass
 
     def _extend_baselines(self) -> None:
         """Push on the expiry of every baseline that has run through half its TTL (a long test, --pdb)."""
@@ -324,8 +331,8 @@ class LxdSession:
 
     def _stop_heartbeat(self) -> None:
         self._stopping.set()
-        if self._heartbeat is not None:
-            self._heartbeat.join()
+        for thread in self._heartbeat or []:
+            thread.join(timeout=LEASE_SECONDS / 3)  # a renewal under way ends within its request timeout
 
     def strategy_for(self, tracked: Tracked, request: Request) -> str:
         """The concrete strategy of ``request`` on ``tracked`` (``auto`` resolved by pool driver)."""
@@ -551,11 +558,14 @@ class LxdSession:
         reused = lxdapi.instance_exists(client, instance) and reuse.has_baseline(client, instance)
         if reused:
             self.notices.append(f"reusing {instance} for {spec.name!r} (its declaration is unchanged)")
-        else:
-            if lxdapi.instance_exists(client, instance):  # a build cut short: no baseline
+        elif lxdapi.instance_exists(client, instance):  # being built by another session, or a build cut short
+            reused = reuse.wait_for_builder(client, instance, self.lease_wait)
+            if not reused:
                 reuse.delete_kept(client, instance)
+        if not reused:
+            tags = {**reuse.kept_tags(spec, digest), BUILDING_KEY: self.identity.tag(lxdapi.where(client, instance))}
             try:
-                seconds = self._build(spec, instance, reuse.kept_tags(spec, digest),
+                seconds = self._build(spec, instance, tags,  # held while it is built: nobody else deletes it
                                       lambda: reuse.take_baseline(client, instance, self.snapshot_ttl))
             except BaseException:
                 if lxdapi.instance_exists(client, instance):
@@ -717,7 +727,12 @@ class LxdSession:
         if not zfs.newer_snapshots_block_restore(tracked.pool_driver):
             return None
         snapshots = lxdapi.list_snapshots(client, tracked.instance)
-        blockers = zfs.restore_blockers(snapshots, tracked.snapshot)
+        try:
+            blockers = zfs.restore_blockers(snapshots, tracked.snapshot)
+        except LookupError:
+            return (f"resetting container {tracked.name!r} (instance {tracked.instance}) failed: its baseline "
+                    f"{tracked.snapshot} is gone (deleted, or expired while LXD could not be reached). The container "
+                    f"is as the last test left it; restore an older snapshot of yours by hand if you need to")
         if not blockers:
             return None
         return zfs.refusal_message(tracked.name, tracked.instance, tracked.snapshot, blockers, tracked.pool,

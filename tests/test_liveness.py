@@ -9,13 +9,16 @@ from dataclasses import replace
 from pytest_lxdsnap.ownership import (
     CREATED_KEY,
     KEPT_KEY,
+    KEPT_PLACE_KEY,
+    LEGACY,
     OWNER_KEY,
     SessionIdentity,
     foreign_keys,
     holder_at,
     holder_is_dead,
+    kept_config,
     kept_until,
-    kept_value,
+    read_tag,
 )
 
 SERVER_NOW = 1_000_000.0
@@ -66,8 +69,27 @@ def test_a_tag_binds_to_the_instance_it_was_written_on():
 
 
 def test_a_kept_state_binds_to_its_instance_too():
-    value = kept_value(1234.4, "default/lxdsnap-web-ab12-1")
-    assert kept_until(value, "default/lxdsnap-web-ab12-1") == 1234.0
-    assert kept_until(value, "default/debug-web") is None
-    assert kept_until("1234", "default/lxdsnap-web-ab12-1") is None  # an older plugin's value: not ours
-    assert foreign_keys({KEPT_KEY: value}, "default/debug-web") == [KEPT_KEY]
+    config = kept_config(1234.4, "s:default/lxdsnap-web-ab12-1")
+    assert config[KEPT_KEY] == "1234"  # a plain number: what older versions read
+    assert kept_until(config, "s:default/lxdsnap-web-ab12-1") == 1234.0
+    assert kept_until(config, "s:default/debug-web") is None  # `lxc copy` of a kept state
+    assert kept_until({KEPT_KEY: "1234"}, "s:default/lxdsnap-web-ab12-1") is None  # an older plugin's: not ours
+    assert foreign_keys(config, "s:default/debug-web") == [KEPT_KEY, KEPT_PLACE_KEY]
+
+
+def test_a_tag_of_an_older_version_is_respected_and_judged_as_it_judged_itself():
+    import json
+    import socket
+
+    me = SessionIdentity()
+    old = {"token": "0ld", "host": socket.gethostname(), "pid": me.pid, "boot_id": me.boot_id, "started": me.started}
+    tag = read_tag(json.dumps(old))
+    assert tag is not None and tag.where == LEGACY
+    config = {OWNER_KEY: json.dumps(old)}
+    assert holder_at(config, "s:default/web") == tag.holder  # no place recorded: held wherever it is
+    assert foreign_keys(config, "s:default/web") == []
+    assert tag.holder.local_evidence() is True  # its pid and start time: alive
+    gone = read_tag(json.dumps({**old, "pid": 2**22 + 1}))
+    assert gone is not None and gone.holder.local_evidence() is False
+    elsewhere = read_tag(json.dumps({**old, "host": "other"}))
+    assert elsewhere is not None and elsewhere.holder.local_evidence() is None  # its lease decides

@@ -8,7 +8,7 @@ import pytest
 
 from pytest_lxdsnap import lxdapi
 from pytest_lxdsnap.errors import OwnershipError
-from pytest_lxdsnap.ownership import OWNER_KEY, SessionIdentity, place
+from pytest_lxdsnap.ownership import OWNER_KEY, SessionIdentity
 
 from .conftest import lxc, snapshot_names
 
@@ -24,7 +24,7 @@ def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, mak
 def test_another_sessions_snapshot_is_not_deleted(lxd_client, make_instance):
     me, other = SessionIdentity(), SessionIdentity()
     name = make_instance()
-    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag(place(None, name)))
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag(lxdapi.where(lxd_client, name)))
     lxdapi.create_owned_snapshot(lxd_client, name, other.snapshot_name("base"), other, ttl=600)
     with pytest.raises(OwnershipError):
         lxdapi.delete_owned_snapshot(lxd_client, name, other.snapshot_name("base"), me)
@@ -46,7 +46,8 @@ def test_the_snapshot_path_cannot_delete_an_instance(lxd_client, make_instance, 
 def test_an_instance_the_session_did_not_create_is_never_deleted(lxd_client, make_instance):
     me = SessionIdentity()
     name = make_instance(running=False)
-    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag(place(None, name)))  # used, not created, by it
+    # used, but not created, by this session:
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag(lxdapi.where(lxd_client, name)))
     with pytest.raises(OwnershipError, match=f"refusing to delete instance '{name}': this session did not create"):
         lxdapi.delete_owned_instance(lxd_client, name, me)
     assert lxdapi.instance_exists(lxd_client, name)
@@ -55,7 +56,7 @@ def test_an_instance_the_session_did_not_create_is_never_deleted(lxd_client, mak
 def test_snapshots_expire(lxd_client, make_instance):
     me = SessionIdentity()
     name = make_instance()
-    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag(place(None, name)))
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, me.tag(lxdapi.where(lxd_client, name)))
     lxdapi.create_owned_snapshot(lxd_client, name, me.snapshot_name("base"), me, ttl=3600)
     expires = lxc("query", f"/1.0/instances/{name}/snapshots/{me.snapshot_name('base')}")
     assert '"expires_at": "0001-01-01' not in expires and '"expires_at"' in expires
@@ -65,7 +66,7 @@ def test_snapshots_expire(lxd_client, make_instance):
 def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, lxd_client):
     other = SessionIdentity()
     name = make_instance()
-    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag(place(None, name)))
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, other.tag(lxdapi.where(lxd_client, name)))
     suite.makepyfile(f"""
         import pytest
 
@@ -78,7 +79,7 @@ def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, 
     result.stdout.fnmatch_lines([f"*instance '{name}' is in use by another lxdsnap session "
                                  f"(host *, pid {other.pid}, token {other.token}, started *; pid {other.pid} in this "
                                  "PID namespace still runs); waited 1 s. *"])
-    assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag(place(None, name))
+    assert lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY] == other.tag(lxdapi.where(lxd_client, name))
     assert snapshot_names(lxd_client, name) == []
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_lxdsnap import claims, garbage, leases, lxdapi
 from pytest_lxdsnap.image import IMAGE_ALIAS
-from pytest_lxdsnap.ownership import BASELINE_LABEL, OWNER_KEY, SessionIdentity
+from pytest_lxdsnap.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
 
 from .conftest import (
     BACKEND,
@@ -342,3 +342,36 @@ def test_max_clones_caps_the_clones_that_exist_at_once(pytester, lxd_client):
     result = pytester.runpytest("--lxd-max-clones=1", "--lxd-prepare-ahead=3")
     result.assert_outcomes(passed=5)
     assert instance_names(lxd_client) == before
+
+
+def test_a_copy_of_a_held_ephemeral_container_does_not_become_ephemeral(lxd_client, instances):
+    name, copy = throwaway("eph"), throwaway("eph-copy")
+    instances.extend([name, copy])
+    lxc("launch", "--ephemeral", IMAGE_ALIAS, name)
+    holder, later = SessionIdentity(), SessionIdentity()
+    claims.claim(lxd_client, name, holder, wait=0)  # the flag is parked in a key while held
+    lxc("copy", name, copy)  # the copy carries the parked key, written for another instance
+    claims.claim(lxd_client, copy, later, wait=0)
+    claims.release(lxd_client, copy, later)
+    assert lxdapi.get_instance(lxd_client, copy)["ephemeral"] is False  # LXD would delete it on its next stop
+    claims.release(lxd_client, name, holder)
+    assert lxdapi.get_instance(lxd_client, name)["ephemeral"] is True
+
+
+def test_a_recovery_that_died_half_way_is_finished_from_the_first_baseline(lxd_client, make_instance):
+    name = make_instance()
+    where = lxdapi.where(lxd_client, name)
+    first, recoverer = SessionIdentity(pid=2**22 + 1), SessionIdentity(pid=2**22 + 2)  # both dead
+    claims.claim(lxd_client, name, first, wait=0)
+    lxdapi.create_owned_snapshot(lxd_client, name, first.snapshot_name(BASELINE_LABEL), first, ttl=600)
+    lxc("exec", name, "--", "touch", "/root/dirty")  # the first session's test
+    # the recoverer claimed it (its tag, and whose baseline it meant to restore), then died before restoring
+    lxdapi.set_config_key(lxd_client, name, RECOVERING_KEY, first.tag(where))
+    lxdapi.set_config_key(lxd_client, name, OWNER_KEY, recoverer.tag(where))
+    (held,) = [g for g in garbage.find_garbage(lxd_client, SessionIdentity()) if g.name == name]
+    assert not [g for g in garbage.find_garbage(lxd_client, SessionIdentity()) if g.kind == "snapshot"]
+    done = held.clean()
+    assert f"restored {name} from {first.snapshot_name(BASELINE_LABEL)}" in done, done
+    assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
+    assert not any(k.startswith("user.lxdsnap.") for k in lxdapi.get_instance(lxd_client, name)["config"])
+    assert snapshot_names(lxd_client, name) == recovery_snapshots(lxd_client, name)
