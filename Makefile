@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint bench bench-transport soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint package bench bench-transport soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -45,6 +45,12 @@ demo: setup
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The sdist and wheel build, and their metadata (the README as long description) passes twine's check.
+package: install
+	rm -rf dist
+	$(BIN)/python -m build -q -o dist .
+	$(BIN)/twine check --strict dist/*
 
 # Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
 # tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).

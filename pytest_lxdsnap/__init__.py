@@ -6,12 +6,15 @@ from .errors import (
     ConfigError,
     ContainerNotFound,
     ExecError,
+    ExecOutputTooLarge,
     ExecTimeout,
     LxdSnapError,
     LxdUnreachable,
     OwnershipError,
     ProvisionError,
+    ReadinessError,
     ResetError,
+    UndeclaredContainer,
 )
 
 try:
@@ -19,7 +22,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
     __version__ = "0.0.0"
 
-_LAZY = {"Container": "handle", "ExecResult": "execution"}  # these import pylxd: load on first use
+# these import pylxd or pytest's plugin machinery: loaded on first use
+_LAZY = {"Container": "handle", "ExecResult": "execution", "Containers": "plugin", "ContainerSpec": "settings"}
 
 
 def __getattr__(name: str) -> object:
@@ -34,13 +38,18 @@ __all__ = [
     "ConfigError",
     "Container",
     "ContainerNotFound",
+    "ContainerSpec",
+    "Containers",
     "ExecError",
+    "ExecOutputTooLarge",
     "ExecResult",
     "ExecTimeout",
     "LxdSnapError",
     "LxdUnreachable",
     "OwnershipError",
     "ProvisionError",
+    "ReadinessError",
     "ResetError",
+    "UndeclaredContainer",
     "__version__",
 ]

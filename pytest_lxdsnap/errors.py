@@ -50,3 +50,11 @@ class ExecOutputTooLarge(ExecError):
 
 class ReadinessError(LxdSnapError):
     """A declared container's readiness check did not pass within its timeout."""
+
+
+class UndeclaredContainer(LxdSnapError, KeyError):
+    """A test asked ``lxd`` for a container its marker does not name. A ``KeyError``, as a mapping's should be:
+    ``"db" in lxd`` is False and ``lxd.get("db")`` is None."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would quote the message

@@ -21,7 +21,7 @@ import pytest
 
 from . import report
 from .connection import Endpoint, check_tls_files, insecure_warning, pinned_fingerprint, trusted_on_first_use
-from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
+from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError, UndeclaredContainer
 from .settings import DEFAULT_MAX_CLONES, DEFAULT_PREPARE_AHEAD, DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
 from .strategy import SCOPES, STRATEGIES, check
 
@@ -84,15 +84,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, help_text in OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
-    group.addoption("--lxd-insecure", dest="lxd_insecure", action="store_true", default=None, help=INSECURE_HELP)
-    parser.addini("lxd_insecure", INSECURE_HELP, type="bool", default=False)
-    group.addoption("--lxd-reuse", dest="lxd_reuse", action="store_true", default=None, help=REUSE_HELP)
-    parser.addini("lxd_reuse", REUSE_HELP, type="bool", default=False)
+    _switch(parser, group, "lxd_insecure", INSECURE_HELP)
+    _switch(parser, group, "lxd_reuse", REUSE_HELP)
     group.addoption("--lxd-durations", dest="lxd_durations", type=int, default=0, metavar="N",
                     help="List the N tests that waited longest for clean containers (0: none)")
-    group.addoption("--lxd-keep-failed", dest="lxd_keep_failed", action="store_true", default=None,
-                    help=KEEP_FAILED_HELP)
-    parser.addini("lxd_keep_failed", KEEP_FAILED_HELP, type="bool", default=False)
+    _switch(parser, group, "lxd_keep_failed", KEEP_FAILED_HELP)
+
+
+def _switch(parser: pytest.Parser, group: Any, name: str, help_text: str) -> None:
+    """A boolean with its ini twin and a ``--no-`` twin, so a value set in ini can be switched off for one run."""
+    flag = "--" + name.replace("_", "-")
+    group.addoption(flag, dest=name, action="store_true", default=None, help=f"{help_text} (default off)")
+    group.addoption(f"--no-{flag[2:]}", dest=name, action="store_false", default=None,
+                    help=f"Turn {flag} off for this run, whatever the ini file says")
+    parser.addini(name, help_text, type="bool", default=False)
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    value = config.getoption(name)
+    return bool(config.getini(name) if value is None else value)
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -126,15 +136,21 @@ def _whole(config: pytest.Config, name: str, default: int, *, minimum: int) -> i
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(SETTINGS, None)
-    if settings is None or not settings.endpoint.insecure:
+    if settings is None:
         return []
+    switches = [name for name, on in (("reuse", settings.reuse), ("keep failed", settings.keep_failed)) if on]
+    line = (f"lxdsnap: {settings.endpoint.describe()}, strategy {settings.strategy}, snapshot ttl "
+            f"{settings.snapshot_ttl:g} s, prepare ahead {settings.prepare_ahead}, max clones {settings.max_clones}, "
+            f"lease wait {settings.lease_wait:g} s{''.join(f', {name}' for name in switches)}")
+    if not settings.endpoint.insecure:
+        return [line]
     if settings.endpoint.fingerprint is None:  # trust on first use, once: the session pins what this shows
         try:
             settings = replace(settings, endpoint=trusted_on_first_use(settings.endpoint))
             config.stash[SETTINGS] = settings
         except LxdSnapError:
             pass  # the session says why when it connects
-    return ["lxdsnap: WARNING " + insecure_warning(settings.endpoint, settings.endpoint.fingerprint)]
+    return [line, "lxdsnap: WARNING " + insecure_warning(settings.endpoint, settings.endpoint.fingerprint)]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -151,7 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
         cert=_option(config, "lxd_cert") or None,
         key=_option(config, "lxd_key") or None,
         server_cert=_option(config, "lxd_server_cert") or None,
-        insecure=bool(config.getoption("lxd_insecure") or config.getini("lxd_insecure")),
+        insecure=_flag(config, "lxd_insecure"),
     )
     try:
         check_tls_files(endpoint)
@@ -167,9 +183,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not ahead_raw.isdigit():
         raise pytest.UsageError(f"lxd_prepare_ahead (--lxd-prepare-ahead): expected a whole number of clones "
                                 f"(0 prepares none ahead), got {ahead_raw!r}")
-    keep_failed = config.getoption("lxd_keep_failed") or config.getini("lxd_keep_failed")
+    keep_failed = _flag(config, "lxd_keep_failed")
     lease_wait = _seconds(config, "lxd_lease_wait", 60.0)
-    reuse = bool(config.getoption("lxd_reuse") or config.getini("lxd_reuse"))
+    reuse = _flag(config, "lxd_reuse")
     config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait,
                                       reuse, max_clones)
     config.pluginmanager.register(InterruptGuard(config), "lxdsnap-interrupt-guard")
@@ -372,7 +388,11 @@ def check_generated_names(config: pytest.Config, settings: Settings, uses: dict[
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
-    """Connect once, before the first test, and only when some test carries the marker."""
+    """Connect once, before the first test, and only when some test carries the marker and will run: a run
+    that executes no test (``--collect-only``, ``--setup-plan``; IDEs collect on every save) touches nothing."""
+    option = session.config.option
+    if option.collectonly or getattr(option, "setupplan", False):
+        return
     if not any(item.get_closest_marker(MARKER) for item in session.items):
         return
     from .hookcalls import session_callbacks
@@ -415,10 +435,6 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
     report = yield
     item.stash.setdefault(REPORTS, {})[report.when] = report
     return report
-
-
-class UndeclaredContainer(LookupError):
-    """A test asked ``lxd`` for a container its marker does not name."""
 
 
 class Containers(Mapping[str, "Container"]):

@@ -151,11 +151,17 @@ def test_asking_for_an_undeclared_container_says_how_to_declare_it(suite, make_i
         import pytest
 
         @pytest.mark.lxd("{name}")
+        def test_mapping(lxd):
+            assert "db" not in lxd and lxd.get("db") is None and list(lxd) == ["{name}"]
+            with pytest.raises(KeyError):
+                lxd["db"]
+
+        @pytest.mark.lxd("{name}")
         def test_it(lxd):
             lxd["db"]
     """)
     result = suite.runpytest()
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"*UndeclaredContainer: container 'db' is not declared for *::test_it "
                                  f"(declared: \"{name}\"); add it to the marker: @pytest.mark.lxd(\"{name}\", \"db\")"])
 
@@ -259,3 +265,16 @@ config = {{ "{key}" = "false" }}
         f"it is *'s name, {BACKEND.name} calls it '{ours}'. Remove or rename it; nothing was created.",
     ])
     assert instance_names(lxd_client) == before
+
+
+def test_the_header_shows_the_runs_settings_and_no_switches_beat_the_ini_file(pytester):
+    pytester.makefile(".toml", pyproject=PYPROJECT + "lxd_reuse = true\nlxd_keep_failed = true\n")
+    pytester.makepyfile("def test_plain(): pass")
+    on = pytester.runpytest("--lxd-strategy=inplace")
+    on.stdout.fnmatch_lines(["lxdsnap: unix socket *, strategy inplace, snapshot ttl 86400 s, prepare ahead 3, "
+                             "max clones 12, lease wait 60 s, reuse, keep failed"])
+    off = pytester.runpytest("--no-lxd-reuse", "--no-lxd-keep-failed")
+    off.stdout.fnmatch_lines(["lxdsnap: unix socket *, strategy auto, * lease wait 60 s"])
+    assert "reuse" not in off.stdout.str() and "keep failed" not in off.stdout.str()
+    help_text = pytester.runpytest("--help").stdout.str()
+    assert "--no-lxd-reuse" in help_text and "--no-lxd-insecure" in help_text and "--no-lxd-keep-failed" in help_text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pytest_lxdsnap import lxdapi
 
 from .conftest import PYPROJECT, assert_summary, instance_names
@@ -93,3 +95,22 @@ def _any_identity():
     from pytest_lxdsnap.ownership import SessionIdentity
 
     return SessionIdentity()
+
+
+@pytest.mark.parametrize("option", ["--collect-only", "--setup-plan", "--fixtures", "--markers"])
+def test_a_run_that_executes_no_test_touches_nothing(pytester, lxd_client, tmp_path, option):
+    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_it(lxd):
+            pass
+    """)
+    before = instance_names(lxd_client)
+    result = pytester.runpytest(option)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert instance_names(lxd_client) == before  # nothing launched
+    unreachable = pytester.runpytest(option, f"--lxd-endpoint={tmp_path / 'no-lxd-here.socket'}")
+    assert unreachable.ret == pytest.ExitCode.OK, unreachable.stdout.str()  # never even connected
+    assert "not reachable" not in unreachable.stdout.str() + unreachable.stderr.str()
