@@ -21,6 +21,7 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
+from .connection import DEFAULT_TIMEOUT
 from .errors import ConfigError, LxdSnapError, OwnershipError
 from .ownership import (
     CREATED_KEY,
@@ -91,7 +92,7 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
     if body.get("type") != "async":
         return body.get("metadata") or {}
     op_id = operation_id(response)
-    request_timeout = getattr(client.api, "_timeout", None) or 120.0
+    request_timeout = getattr(client.api, "_timeout", None) or DEFAULT_TIMEOUT
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = WAIT_CHUNK if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -295,7 +296,8 @@ def extend_snapshot_expiry(client: pylxd.Client, instance: str, snapshot: str, t
     return until
 
 
-def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *, timeout: float = 120) -> None:
+def restore_snapshot(client: pylxd.Client, instance: str, snapshot: str, *,
+                     timeout: float = DEFAULT_TIMEOUT) -> None:
     """Restore ``instance`` to ``snapshot`` (LXD stops and restarts a running instance itself)."""
     when_idle(lambda: wait(client, client.api.instances[instance].put(json={"restore": snapshot}), timeout))
 

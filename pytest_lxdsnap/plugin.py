@@ -20,9 +20,24 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import report
-from .connection import Endpoint, check_tls_files, insecure_warning, pinned_fingerprint, trusted_on_first_use
+from .connection import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    check_tls_files,
+    insecure_warning,
+    pinned_fingerprint,
+    trusted_on_first_use,
+)
 from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError, UndeclaredContainer
-from .settings import DEFAULT_MAX_CLONES, DEFAULT_PREPARE_AHEAD, DEFAULT_SNAPSHOT_TTL, NAME, ContainerSpec, load
+from .settings import (
+    DEFAULT_LEASE_WAIT,
+    DEFAULT_MAX_CLONES,
+    DEFAULT_PREPARE_AHEAD,
+    DEFAULT_SNAPSHOT_TTL,
+    NAME,
+    ContainerSpec,
+    load,
+)
 from .strategy import SCOPES, STRATEGIES, check
 
 if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
@@ -52,14 +67,14 @@ OPTIONS = [
      "Pin the server's certificate (PEM) of an https:// endpoint (default: verify against the system's CAs)"),
     ("--lxd-snapshot-ttl", "lxd_snapshot_ttl",
      f"Seconds after which LXD deletes a plugin snapshot even if the run crashed (default {DEFAULT_SNAPSHOT_TTL:g})"),
-    ("--lxd-timeout", "lxd_timeout", "Seconds to wait for one LXD API request (default 120)"),
+    ("--lxd-timeout", "lxd_timeout", f"Seconds to wait for one LXD API request (default {DEFAULT_TIMEOUT:g})"),
     ("--lxd-strategy", "lxd_strategy",
      "Default reset strategy: " + ", ".join(STRATEGIES) + " (default auto: clones on copy-on-write pools for "
      "declared containers, in place otherwise)"),
     ("--lxd-prepare-ahead", "lxd_prepare_ahead",
      f"Clones of a declared container prepared ahead of the tests (default {DEFAULT_PREPARE_AHEAD})"),
     ("--lxd-lease-wait", "lxd_lease_wait",
-     "Seconds to wait for an existing container another live session holds (default 60)"),
+     f"Seconds to wait for an existing container another live session holds (default {DEFAULT_LEASE_WAIT:g})"),
     ("--lxd-max-clones", "lxd_max_clones",
      f"At most this many clones exist at once in this session, prepared, in use or being deleted "
      f"(default {DEFAULT_MAX_CLONES})"),
@@ -163,7 +178,7 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint = Endpoint(
         url=_option(config, "lxd_endpoint") or None,
         project=_option(config, "lxd_project") or None,
-        timeout=_seconds(config, "lxd_timeout", 120.0),
+        timeout=_seconds(config, "lxd_timeout", DEFAULT_TIMEOUT),
         cert=_option(config, "lxd_cert") or None,
         key=_option(config, "lxd_key") or None,
         server_cert=_option(config, "lxd_server_cert") or None,
@@ -184,7 +199,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"lxd_prepare_ahead (--lxd-prepare-ahead): expected a whole number of clones "
                                 f"(0 prepares none ahead), got {ahead_raw!r}")
     keep_failed = _flag(config, "lxd_keep_failed")
-    lease_wait = _seconds(config, "lxd_lease_wait", 60.0)
+    lease_wait = _seconds(config, "lxd_lease_wait", DEFAULT_LEASE_WAIT)
     reuse = _flag(config, "lxd_reuse")
     config.stash[SETTINGS] = Settings(endpoint, specs, ttl, strategy, int(ahead_raw), bool(keep_failed), lease_wait,
                                       reuse, max_clones)
@@ -203,7 +218,7 @@ class Settings:
     strategy: str = "auto"
     prepare_ahead: int = DEFAULT_PREPARE_AHEAD
     keep_failed: bool = False
-    lease_wait: float = 60.0
+    lease_wait: float = DEFAULT_LEASE_WAIT
     reuse: bool = False
     max_clones: int = DEFAULT_MAX_CLONES
 

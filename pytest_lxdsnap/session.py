@@ -39,12 +39,18 @@ from .ownership import (
     SessionIdentity,
 )
 from .readiness import wait_ready
-from .settings import DEFAULT_MAX_CLONES, DEFAULT_PREPARE_AHEAD, DEFAULT_SNAPSHOT_TTL, TABLE, ContainerSpec
+from .settings import (
+    DEFAULT_LEASE_WAIT,
+    DEFAULT_MAX_CLONES,
+    DEFAULT_PREPARE_AHEAD,
+    DEFAULT_SNAPSHOT_TTL,
+    TABLE,
+    ContainerSpec,
+)
 from .strategy import resolve
 
 BACKGROUND_WORKERS = 8
 PROGRESS_TICK = 0.5
-DEFAULT_LEASE_WAIT = 60.0
 _FINGERPRINT = re.compile(r"^[0-9a-f]{12,64}$")
 # Image servers a `remote:alias` image may name (the lxc client's default remotes).
 REMOTES = {

@@ -14,11 +14,13 @@ from .strategy import SCOPES, STRATEGIES, check
 
 TABLE = "tool.lxdsnap"
 DEFAULT_SNAPSHOT_TTL = 24 * 3600.0
+"""Seconds after which LXD deletes a plugin snapshot by itself (--lxd-snapshot-ttl)."""
 DEFAULT_PREPARE_AHEAD = 3
 """Clones of a declared container prepared ahead of the tests (--lxd-prepare-ahead)."""
 DEFAULT_MAX_CLONES = 12
 """Clones one session keeps at once, all containers together (--lxd-max-clones)."""
-"""Seconds after which LXD deletes a plugin snapshot by itself (--lxd-snapshot-ttl)."""
+DEFAULT_LEASE_WAIT = 60.0
+"""Seconds to wait for an existing container another live session holds (--lxd-lease-wait)."""
 TOP_KEYS = {"containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each"}
 CONTAINER_KEYS = {
     "image": "local image alias or fingerprint (required), or remote:alias",

@@ -224,6 +224,14 @@ def test_xdist_workers_each_get_a_clean_state(pytester, lxd_client, make_instanc
     """)
     result = pytester.runpytest("-n", "2", "-p", "xdist", "--lxd-durations=3")
     result.assert_outcomes(passed=20)
+    lines = result.stdout.lines
+    start = lines.index(next(line for line in lines if "slowest 3 lxd resets" in line))
+    slowest = lines[start + 1:start + 5]  # the workers' waits, relayed to the controller: three, longest first
+    pattern = re.compile(rf"^(\d+\.\d\d)s {name}, web: .*::test_changes_both\[\d+\]$")
+    matched = [pattern.match(line) for line in slowest]
+    assert all(matched[:3]) and not matched[3], slowest
+    seconds = [float(m.group(1)) for m in matched[:3] if m]
+    assert seconds == sorted(seconds, reverse=True), slowest
     assert instance_names(lxd_client) == before
     assert snapshot_names(lxd_client, name) == ["user-snap"]
     assert user_config(lxd_client, name) == found

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY
+from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX, read_tag
 
 from .conftest import (
     BACKEND,
@@ -37,6 +37,11 @@ def start_session(path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def session_profiles(client) -> list[str]:
+    """The lease profiles of the sessions alive now."""
+    return [p["name"] for p in lxdapi.listing(client.api.profiles) if p["name"].startswith(SESSION_PROFILE_PREFIX)]
 
 
 def wait_for(flag: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
@@ -189,8 +194,15 @@ def test_gets_it_clean_after_the_first(lxd):
         assert gave_up.returncode == 1, gave_up.stdout
         assert f"instance '{name}' is in use by another lxdsnap session (host " in gave_up.stdout
         assert f"pid {first.pid}" in gave_up.stdout and "waited 1 s" in gave_up.stdout
+        leases = set(session_profiles(lxd_client))
         waiting = start_session(second, "--lxd-lease-wait=120")
-        time.sleep(2)
+        deadline = time.monotonic() + 60
+        while set(session_profiles(lxd_client)) <= leases:  # the second session is up: it holds a lease
+            assert waiting.poll() is None and time.monotonic() < deadline, "the second session never started"
+            time.sleep(0.05)
+        time.sleep(1)  # a second session that did not wait would have claimed it within this
+        holder = read_tag(lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY])
+        assert holder is not None and holder.holder.pid == first.pid, "the second session took it from the first"
         assert waiting.poll() is None, "the second session must wait for the first"
         first_release.touch()
         out_first, _ = first.communicate(timeout=60)
