@@ -93,7 +93,8 @@ def _instance_garbage(client: pylxd.Client, identity: SessionIdentity, record: d
     name, config = record["name"], record["config"] or {}
     where = lxdapi.where(client, name)
     foreign = foreign_keys(config, where)
-    stale = [s["name"] for s in lxdapi.list_snapshots(client, name) if _is_foreign_snapshot(s, where)]
+    snapshots = lxdapi.list_snapshots(client, name)  # once: an instance's snapshots are read for both checks
+    stale = [s["name"] for s in snapshots if _is_foreign_snapshot(s, where)]
     copies = []
     if foreign or stale:
         what = ", ".join([*(f"key {k}" for k in foreign), *(f"snapshot {s}" for s in stale)])
@@ -102,11 +103,12 @@ def _instance_garbage(client: pylxd.Client, identity: SessionIdentity, record: d
                               + _foreign_commands(client, name, foreign, stale), partial(clean_foreign, client, name)))
     if foreign:
         return copies  # nothing on it is any session's
-    return copies + _owned_garbage(client, identity, record, verdict, now)
+    return copies + _owned_garbage(client, identity, record, snapshots, verdict, now)
 
 
 def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict[str, Any],
-                   verdict: Callable[[SessionIdentity], tuple[bool, str]], now: float) -> list[Garbage]:
+                   snapshots: list[dict[str, Any]], verdict: Callable[[SessionIdentity], tuple[bool, str]],
+                   now: float) -> list[Garbage]:
     name, config = record["name"], record["config"] or {}
     where = lxdapi.where(client, name)
     kept = config.get(KEPT_KEY)
@@ -136,7 +138,7 @@ def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict
                         f"({verdict(owner)[1]}): restore its baseline",
                         partial(claims.recover_instance, client, name, owner, identity, keep=False))]
     found = []
-    for snapshot in lxdapi.list_snapshots(client, name):
+    for snapshot in snapshots:
         tag = holder_at(snapshot.get("config") or {}, where)
         if tag is None or not is_plugin_snapshot_name(snapshot["name"]) or is_kept_snapshot_name(snapshot["name"]):
             continue  # LXD deletes kept ones when they expire
