@@ -83,7 +83,7 @@ def claim(client: pylxd.Client, name: str, identity: SessionIdentity, *, wait: f
             power = record["config"].get(POWER_KEY) if holder == identity else None
             fields = _holding(identity, where, record, power, fresh=holder is None)
             if lxdapi.put_instance(client, name, record, etag, **fields):
-                return lxdapi.get_instance(client, name)
+                return record  # as read: its status and devices are what callers use
             continue  # changed between our read and our write: look again
         lease, now = leases.lease_of(client, holder)
         dead, why = holder_is_dead(holder, lease, now)

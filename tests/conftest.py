@@ -49,14 +49,29 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ['PATH']}"
 
 
-def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
-    """The lxdsnap command, as a user runs it, against the suite's daemon (`--incus` for Incus where it takes it)."""
+NEVER_RUNS = """
+import pytest
+
+
+@pytest.mark.lxd("{name}")
+def test_it(lxd):
+    raise AssertionError("the body must not run")
+"""
+"""A suite whose one test must error before its body runs (bad input, a refused container)."""
+
+
+def lxdsnap_argv(*args: str) -> list[str]:
+    """The lxdsnap command line, as a user runs it, for the suite's daemon (`--incus` for Incus where it takes it)."""
     if BACKEND is INCUS and args and args[0] in ("setup", "doctor", "gc"):
         args = (args[0], "--incus", *args[1:])
     elif BACKEND is INCUS and len(args) > 2 and args[2] in ("setup", "doctor", "gc"):  # after --endpoint PATH
         args = (*args[:3], "--incus", *args[3:])
-    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    return [sys.executable, "-m", "pytest_lxdsnap.cli", *args]
+
+
+def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the lxdsnap command against the suite's daemon."""
+    return subprocess.run(lxdsnap_argv(*args), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -13,21 +13,13 @@ from .conftest import (
     BACKEND,
     COMMANDS,
     INCUS,
+    NEVER_RUNS,
     PYPROJECT,
     instance_names,
     recovery_snapshots,
     snapshot_names,
     user_config,
 )
-
-NEVER_RUNS = """
-import pytest
-
-
-@pytest.mark.lxd("{name}")
-def test_it(lxd):
-    raise AssertionError("the body must not run")
-"""
 
 
 def instances(client) -> list[dict]:

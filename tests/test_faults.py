@@ -18,6 +18,7 @@ from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX
 from .conftest import (
     BACKEND,
     COMMANDS,
+    NEVER_RUNS,
     PYPROJECT,
     instance_names,
     lxc,
@@ -332,13 +333,7 @@ def test_a_full_pool_is_a_clear_error_and_the_container_stays_as_it_was(suite, l
     try:
         lxc("exec", name, "--", "dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=61")
         found = user_config(lxd_client, name)
-        suite.makepyfile(f"""
-            import pytest
-
-            @pytest.mark.lxd("{name}")
-            def test_it(lxd):
-                raise AssertionError("must not run")
-        """)
+        suite.makepyfile(NEVER_RUNS.format(name=name))
         result = suite.runpytest()
         result.assert_outcomes(errors=1)
         result.stdout.fnmatch_lines([f"*preparing container '{name}' failed: *No space left on device*",

@@ -17,15 +17,15 @@ from pytest_lxdsnap.image import IMAGE_ALIAS
 from pytest_lxdsnap.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
 
 from .conftest import (
-    BACKEND,
     COMMANDS,
-    INCUS,
+    NEVER_RUNS,
     PYPROJECT,
     TEST_PREFIX,
     instance_names,
     lxc,
     lxc_exec_status,
     lxdsnap,
+    lxdsnap_argv,
     recovery_snapshots,
     snapshot_names,
     user_config,
@@ -91,13 +91,7 @@ def test_a_paused_container_is_refused_and_left_paused(suite, make_instance, lxd
     name = make_instance()
     lxc("pause", name)
     found = user_config(lxd_client, name)
-    suite.makepyfile(f"""
-        import pytest
-
-        @pytest.mark.lxd("{name}")
-        def test_it(lxd):
-            raise AssertionError("must not run")
-    """)
+    suite.makepyfile(NEVER_RUNS.format(name=name))
     result = suite.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*instance '{name}' is paused (Frozen): a reset restores it by restarting it*"
@@ -236,8 +230,7 @@ def test_a_session_and_gc_in_another_pid_namespace_leave_a_live_session_alone(py
         second = in_other_pid_namespace(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", cwd=other)
         assert second.returncode == 0, second.stdout + second.stderr
         assert first <= instance_names(lxd_client), second.stdout
-        gc = in_other_pid_namespace(sys.executable, "-m", "pytest_lxdsnap.cli", "gc",
-                                    *(["--incus"] if BACKEND is INCUS else []))
+        gc = in_other_pid_namespace(*lxdsnap_argv("gc"))
         assert gc.returncode == 0, gc.stdout + gc.stderr
         assert "lxdsnap gc: nothing left by dead sessions" in gc.stdout, gc.stdout
         assert first <= instance_names(lxd_client), (second.stdout, gc.stdout)
