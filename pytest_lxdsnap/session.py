@@ -295,8 +295,8 @@ class LxdSession:
                 self.notices.append(f"deleting {item.what} ({item.why}) failed: {describe(exc)}; run `lxdsnap gc`")
 
     def _start_heartbeat(self) -> None:
-        """Open this session's lease (a profile no instance uses) and keep it fresh from a thread, which also
-        keeps the baselines from expiring, until the session's last LXD call."""
+        """Open this session's lease (a profile no instance uses); two threads keep it fresh and the baselines
+        from expiring until the session's last LXD call."""
         if self._heartbeat is not None:
             return
         try:
