@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pytest_lxdsnap import lxdapi, stophook
-from pytest_lxdsnap.connection import Endpoint, connect
-from pytest_lxdsnap.execution import exec_command
-from pytest_lxdsnap.image import IMAGE_ALIAS
-from pytest_lxdsnap.session import Checkout, LxdSession, Tracked
+from pytest_lxdsnap.host import stophook
+from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
+from pytest_lxdsnap.lxd.execution import exec_command
+from pytest_lxdsnap.session.core import Checkout, LxdSession, Tracked
 
 PREFIX = "bench-lxdsnap-"  # every instance this script makes (never the plugin's "lxdsnap-" prefix)
 DIR_POOL = "bench-lxdsnap-dir"
@@ -71,7 +72,7 @@ def test_short(lxd, i):
 HAND_CONFTEST = '''
 import os, secrets, subprocess
 import pytest
-from pytest_lxdsnap.connection import Endpoint, connect
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
 from pytest_lxdsnap.handle import Container
 
 MODE, IMAGE, POOL = os.environ["BENCH_MODE"], os.environ["BENCH_IMAGE"], os.environ["BENCH_POOL"]

@@ -1,7 +1,7 @@
 """A realistic image for the benchmark: Debian 12 minbase with systemd and python3 (about 240 MB).
 
 Built with debootstrap from the host's own apt source of Debian's archive (signed by Debian's keyring, see
-:func:`pytest_lxdsnap.aptsources.debian_archive`; nothing is hard-coded),
+:func:`pytest_lxdsnap.host.aptsources.debian_archive`; nothing is hard-coded),
 imported as ``lxdsnap-bench/debian``. Takes about a minute the first time; reused afterwards.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pylxd
 from pylxd.exceptions import NotFound
 
-from pytest_lxdsnap.aptsources import debian_archive
-from pytest_lxdsnap.image import lxd_architecture
+from pytest_lxdsnap.host.aptsources import debian_archive
+from pytest_lxdsnap.host.image import lxd_architecture
 
 ALIAS = "lxdsnap-bench/debian"
 SUITE = "bookworm"

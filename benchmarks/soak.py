@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_lxdsnap.connection import Endpoint, connect
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
 
 TESTS = """
 import pytest

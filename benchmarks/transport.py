@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pylxd
 
-from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.backends import BACKENDS
-from pytest_lxdsnap.connection import Endpoint, connect
-from pytest_lxdsnap.execution import exec_command
-from pytest_lxdsnap.image import IMAGE_ALIAS
+from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.backends import BACKENDS
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
+from pytest_lxdsnap.lxd.execution import exec_command
 
 PORTS = {"lxd": "127.0.0.1:8443", "incus": "127.0.0.1:8444"}
 CERT_NAME = "lxdsnap-bench"

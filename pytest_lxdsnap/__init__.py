@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import (
+from pytest_lxdsnap.errors import (
     ConfigError,
     ContainerNotFound,
     ExecError,
@@ -23,7 +23,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
     __version__ = "0.0.0"
 
 # these import pylxd or pytest's plugin machinery: loaded on first use
-_LAZY = {"Container": "handle", "ExecResult": "execution", "Containers": "plugin", "ContainerSpec": "settings"}
+_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "plugin", "ContainerSpec": "declarations"}
 
 
 def __getattr__(name: str) -> object:

@@ -8,9 +8,9 @@ from functools import cached_property
 import pylxd
 from pylxd.models import Instance
 
-from . import execution, ports
-from .execution import ExecResult
-from .lxdapi import quiet_pylxd, status
+from pytest_lxdsnap.lxd import execution, ports
+from pytest_lxdsnap.lxd.execution import ExecResult
+from pytest_lxdsnap.lxd.lxdapi import quiet_pylxd, status
 
 
 class Container:
@@ -62,7 +62,7 @@ class Container:
 
         A non-zero exit is returned, not raised, unless ``check=True``. ``user`` is a uid or a user name.
         A command that outlives ``timeout`` seconds, or whose stdout or stderr passes ``max_output`` bytes
-        (default :data:`pytest_lxdsnap.execution.MAX_OUTPUT`, 64 MiB), is killed and raises ExecTimeout
+        (default :data:`pytest_lxdsnap.lxd.execution.MAX_OUTPUT`, 64 MiB), is killed and raises ExecTimeout
         or ExecOutputTooLarge.
         """
         __tracebackhide__ = True

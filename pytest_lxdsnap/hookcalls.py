@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .errors import LxdSnapError
-from .strategy import STRATEGIES, check
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.session.strategy import STRATEGIES, check
 
 if TYPE_CHECKING:
-    from .session import Checkout, LxdSession
-    from .settings import ContainerSpec
+    from pytest_lxdsnap.declarations import ContainerSpec
+    from pytest_lxdsnap.session.core import Checkout, LxdSession
 
 
 class HookError(LxdSnapError):
@@ -33,7 +33,7 @@ def choose_strategy(item: pytest.Item, name: str, declared: bool, requested: str
 def session_callbacks(config: pytest.Config, lxd: LxdSession) -> tuple[Callable[[ContainerSpec, str], None],
                                                                        Callable[[str, str], None]]:
     """The provision and readiness callbacks the session calls, as hook calls."""
-    from .handle import Container
+    from pytest_lxdsnap.handle import Container
 
     def on_provision(spec: ContainerSpec, instance: str) -> None:
         container = Container(lxd.own, spec.name, instance, disposable=True)
@@ -59,7 +59,7 @@ def _call(hook: str, name: str, instance: str, call: Callable[[], object]) -> No
 
 def around_reset(item: pytest.Item, lxd: LxdSession, checkouts: list[Checkout], keep: set[str]) -> Callable[[], None]:
     """Call before_reset for each checkout about to be reset; the callable to run after the reset."""
-    from .handle import Container
+    from pytest_lxdsnap.handle import Container
 
     resetting = [c for c in checkouts if c.tracked.name not in keep]
     for c in resetting:
@@ -76,7 +76,7 @@ def around_reset(item: pytest.Item, lxd: LxdSession, checkouts: list[Checkout], 
 
 def cleanup_keep(config: pytest.Config, lxd: LxdSession) -> set[str]:
     """Call pytest_lxdsnap_cleanup; the declared containers its implementations ask to keep."""
-    from .handle import Container
+    from pytest_lxdsnap.handle import Container
 
     containers = {t.name: Container(lxd.client_for(t.name), t.name, t.instance, disposable=t.declared)
                   for t in lxd.tracked.values()}

@@ -14,8 +14,8 @@ import pluggy
 if TYPE_CHECKING:
     import pytest
 
-    from .handle import Container
-    from .settings import ContainerSpec
+    from pytest_lxdsnap.declarations import ContainerSpec
+    from pytest_lxdsnap.handle import Container
 
 hookspec = pluggy.HookspecMarker("pytest")
 

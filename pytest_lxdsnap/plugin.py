@@ -1,6 +1,6 @@
 """pytest glue: options, the ``lxd`` marker, the ``lxd`` fixture, cleanup and the summary.
 
-The LXD work lives in :mod:`pytest_lxdsnap.session`; tests without the marker pay nothing and no
+The LXD work lives in :mod:`pytest_lxdsnap.session.core`; tests without the marker pay nothing and no
 connection to LXD is opened for a suite that has no marked test.
 """
 
@@ -19,17 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import report
-from .connection import (
-    DEFAULT_TIMEOUT,
-    Endpoint,
-    check_tls_files,
-    insecure_warning,
-    pinned_fingerprint,
-    trusted_on_first_use,
-)
-from .errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError, UndeclaredContainer
-from .settings import (
+from pytest_lxdsnap import report
+from pytest_lxdsnap.declarations import (
     DEFAULT_LEASE_WAIT,
     DEFAULT_MAX_CLONES,
     DEFAULT_PREPARE_AHEAD,
@@ -38,11 +29,20 @@ from .settings import (
     ContainerSpec,
     load,
 )
-from .strategy import SCOPES, STRATEGIES, check
+from pytest_lxdsnap.errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError, UndeclaredContainer
+from pytest_lxdsnap.lxd.connection import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    check_tls_files,
+    insecure_warning,
+    pinned_fingerprint,
+    trusted_on_first_use,
+)
+from pytest_lxdsnap.session.strategy import SCOPES, STRATEGIES, check
 
 if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
-    from .handle import Container
-    from .session import Checkout, LxdSession, Request
+    from pytest_lxdsnap.handle import Container
+    from pytest_lxdsnap.session.core import Checkout, LxdSession, Request
 
 SETTINGS: pytest.StashKey[Settings] = pytest.StashKey()
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
@@ -89,7 +89,7 @@ KEEP_FAILED_HELP = ("When a test fails, keep its containers' state (a clone, cop
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hookspecs
+    from pytest_lxdsnap import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
 
@@ -343,8 +343,8 @@ def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Req
     (worked out once per item: the plan, its own fixture and the previous test's teardown all ask)."""
     if REQUESTS in item.stash:
         return item.stash[REQUESTS]
-    from .hookcalls import choose_strategy
-    from .session import Request
+    from pytest_lxdsnap.hookcalls import choose_strategy
+    from pytest_lxdsnap.session.core import Request
 
     requested = marker_option(item, "strategy")
     scope = marker_option(item, "scope")
@@ -389,7 +389,7 @@ def check_generated_names(config: pytest.Config, settings: Settings, uses: dict[
     """Refuse now a declared name whose clones or kept copies would pass LXD's 63 characters mid-session."""
     if not uses:
         return
-    from .reuse import TOKEN_LENGTH, too_long_message
+    from pytest_lxdsnap.session.reuse import TOKEN_LENGTH, too_long_message
 
     worker = getattr(config, "workerinput", {}).get("workerid")
     token_length = len(worker) + 6 if worker else TOKEN_LENGTH  # the session's token (see pytest_runtestloop)
@@ -410,9 +410,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     if not any(item.get_closest_marker(MARKER) for item in session.items):
         return
-    from .hookcalls import session_callbacks
-    from .ownership import SessionIdentity
-    from .session import LxdSession
+    from pytest_lxdsnap.hookcalls import session_callbacks
+    from pytest_lxdsnap.safety.ownership import SessionIdentity
+    from pytest_lxdsnap.session.core import LxdSession
 
     settings = session.config.stash[SETTINGS]
     worker = getattr(session.config, "workerinput", {}).get("workerid")  # a pytest-xdist worker
@@ -487,8 +487,8 @@ def _lxdsnap_marker(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]:
-    from .handle import Container
-    from .hookcalls import around_reset
+    from pytest_lxdsnap.handle import Container
+    from pytest_lxdsnap.hookcalls import around_reset
 
     lxd = request.config.stash[SESSION]
     specs = request.config.stash[SETTINGS].specs
@@ -544,7 +544,7 @@ def lxd(request: pytest.FixtureRequest) -> Containers:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """After the last fixture teardown (and so the last reset): remove what the session made."""
-    from .hookcalls import cleanup_keep
+    from pytest_lxdsnap.hookcalls import cleanup_keep
 
     lxd = session.config.stash.get(SESSION, None)
     failed = session.config.stash.get(report.FAILED, False)  # a worker's leftovers, on the xdist controller

@@ -12,7 +12,7 @@ import pytest
 if TYPE_CHECKING:
     from _pytest.capture import CaptureManager
 
-    from .session import Leftover, LxdSession, Tracked
+    from pytest_lxdsnap.session.core import Leftover, LxdSession, Tracked
 
 Line = tuple[str, str]  # (colour: "", "red" or "yellow"; text)
 Row = dict[str, str]  # one container's row of the summary table, by column

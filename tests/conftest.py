@@ -17,12 +17,12 @@ from pathlib import Path
 import pylxd
 import pytest
 
-from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.backends import BACKENDS, INCUS
-from pytest_lxdsnap.commands import Commands
-from pytest_lxdsnap.connection import Endpoint, connect, default_socket
 from pytest_lxdsnap.errors import LxdSnapError
-from pytest_lxdsnap.image import IMAGE_ALIAS
+from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.backends import BACKENDS, INCUS
+from pytest_lxdsnap.lxd.commands import Commands
+from pytest_lxdsnap.lxd.connection import Endpoint, connect, default_socket
 
 HTTPS_ADDRESS = "127.0.0.1:8443"  # loopback only; set for the TLS tests when the daemon has no address
 TEST_PREFIX = "t-lxdsnap-"  # instances the self-tests create; never the plugin's "lxdsnap-" prefix
@@ -66,7 +66,7 @@ def lxdsnap_argv(*args: str) -> list[str]:
         args = (args[0], "--incus", *args[1:])
     elif BACKEND is INCUS and len(args) > 2 and args[2] in ("setup", "doctor", "gc"):  # after --endpoint PATH
         args = (*args[:3], "--incus", *args[3:])
-    return [sys.executable, "-m", "pytest_lxdsnap.cli", *args]
+    return [sys.executable, "-m", "pytest_lxdsnap.host.cli", *args]
 
 
 def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:

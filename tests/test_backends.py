@@ -1,6 +1,6 @@
 """What the backends table reads from the host: the Debian release's codename (pure logic, fake /etc).
 
-Where `lxdsnap setup --incus` finds Debian's backports is tested in test_hostsetup.py (pytest_lxdsnap.aptsources).
+Where `lxdsnap setup --incus` finds Debian's backports is tested in test_hostsetup.py (pytest_lxdsnap.host.aptsources).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lxdsnap.backends import codename
 from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.lxd.backends import codename
 
 
 def fake_root(tmp_path: Path, os_release: str) -> Path:

@@ -6,10 +6,7 @@ import subprocess
 import sys
 
 import pytest
-
-from pytest_lxdsnap import lxdapi
-
-from .conftest import (
+from pytest_lxdsnap.conftest import (
     BACKEND,
     COMMANDS,
     INCUS,
@@ -20,6 +17,8 @@ from .conftest import (
     snapshot_names,
     user_config,
 )
+
+from pytest_lxdsnap.lxd import lxdapi
 
 
 def instances(client) -> list[dict]:
@@ -200,7 +199,7 @@ def test_bad_option_values_are_usage_errors(suite, option):
 
 
 def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite, make_instance, lxd_client):
-    from .conftest import lxc
+    from pytest_lxdsnap.conftest import lxc
 
     name = make_instance(running=True, snapshot="user-snap")
     moved = f"{name}-moved"
@@ -228,7 +227,7 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
         assert "lxdsnap-" in kept and "user-snap" in kept
         # Recovery as the message says it: the plugin's snapshot brings back the pre-test state.
         lxc("move", moved, name)
-        recovered = subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", "gc"], capture_output=True,
+        recovered = subprocess.run([sys.executable, "-m", "pytest_lxdsnap.host.cli", "gc"], capture_output=True,
                                    text=True, check=True).stdout
         assert f"restored {name} from lxdsnap-" in recovered
         assert user_config(lxd_client, name) == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .conftest import lxdsnap
+from pytest_lxdsnap.conftest import lxdsnap
 
 
 def test_doctor_reports_a_ready_host(lxd_client):
@@ -53,7 +53,7 @@ def test_doctor_names_the_fix_when_lxd_is_unreachable(tmp_path):
 
 
 def test_fast_stop_skips_lxcfs_pause_on_stop_only_and_undoes_cleanly(make_instance, tmp_path):
-    from pytest_lxdsnap import stophook
+    from pytest_lxdsnap.host import stophook
 
     state = str(tmp_path / "state.json")
     before = stophook.state()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from pytest_lxdsnap.conftest import PYPROJECT, assert_summary, instance_names
 
-from pytest_lxdsnap import lxdapi
-
-from .conftest import PYPROJECT, assert_summary, instance_names
+from pytest_lxdsnap.lxd import lxdapi
 
 DECLARED = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -92,7 +91,7 @@ provision = ["true", "echo about to fail; echo no such package >&2; exit 7"]
 
 
 def _any_identity():
-    from pytest_lxdsnap.ownership import SessionIdentity
+    from pytest_lxdsnap.safety.ownership import SessionIdentity
 
     return SessionIdentity()
 

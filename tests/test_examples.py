@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from .conftest import assert_summary, summary
+from pytest_lxdsnap.conftest import assert_summary, summary
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

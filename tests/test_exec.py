@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lxdsnap import errors, execution, lxdapi
+from pytest_lxdsnap import errors
 from pytest_lxdsnap.errors import ExecError, ExecTimeout
-from pytest_lxdsnap.execution import exec_command
 from pytest_lxdsnap.handle import Container
+from pytest_lxdsnap.lxd import execution, lxdapi
+from pytest_lxdsnap.lxd.execution import exec_command
 
 
 @pytest.fixture

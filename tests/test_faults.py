@@ -11,11 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from pytest_lxdsnap import lxdapi
-from pytest_lxdsnap.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX, read_tag
-
-from .conftest import (
+from pytest_lxdsnap.conftest import (
     BACKEND,
     COMMANDS,
     NEVER_RUNS,
@@ -29,6 +25,9 @@ from .conftest import (
     snapshot_names,
     user_config,
 )
+
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX, read_tag
 
 DECLARED_WEB = PYPROJECT + '\n[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n'
 

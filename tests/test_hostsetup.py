@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 from pylxd.exceptions import NotFound
+from pytest_lxdsnap.conftest import BACKEND, TEST_PREFIX
 
-from pytest_lxdsnap import aptsources, daemons, hostsetup, lxdapi, setupundo, stophook
-from pytest_lxdsnap.backends import INCUS, LXD
-from pytest_lxdsnap.connection import Endpoint
 from pytest_lxdsnap.errors import LxdSnapError
-from pytest_lxdsnap.setupchanges import Change, ChangeLog, sha256
-from pytest_lxdsnap.setupundo import Decision, Seen, decide
-
-from .conftest import BACKEND, TEST_PREFIX
+from pytest_lxdsnap.host import aptsources, daemons, hostsetup, setupundo, stophook
+from pytest_lxdsnap.host.setupchanges import Change, ChangeLog, sha256
+from pytest_lxdsnap.host.setupundo import Decision, Seen, decide
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.backends import INCUS, LXD
+from pytest_lxdsnap.lxd.connection import Endpoint
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEBIAN = f"""Types: deb
@@ -183,8 +183,8 @@ def test_candidate_sockets_ask_the_environment_and_the_snap_first():
 
 def setup_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     incus = ["--incus"] if BACKEND is INCUS else []
-    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", "setup", *incus, *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.host.cli", "setup", *incus, *args],
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_a_running_daemon_is_used_even_when_its_tools_are_not_on_path(lxd_client, tmp_path):
@@ -202,8 +202,9 @@ def test_a_running_daemon_is_used_even_when_its_tools_are_not_on_path(lxd_client
 
 def test_an_endpoint_where_nothing_answers_is_not_installed_over(tmp_path):
     state = tmp_path / "state.json"
-    result = subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", "--endpoint", str(tmp_path / "none.socket"),
-                             "setup", "--state-file", str(state)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "pytest_lxdsnap.host.cli", "--endpoint",
+                             str(tmp_path / "none.socket"), "setup", "--state-file", str(state)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"nothing answers at {tmp_path / 'none.socket'}: start that daemon, or drop --endpoint" in result.stderr
     assert not state.exists()
@@ -286,7 +287,7 @@ def test_undo_removes_an_apt_source_setup_wrote_unless_it_was_edited(tmp_path):
     written = aptsources.add_backports(root)
     ChangeLog(state, "incus").add("apt-source", path=str(written), sha256=sha256(written))
     written.write_text(written.read_text() + "# edited by the admin\n")
-    undo = [sys.executable, "-m", "pytest_lxdsnap.cli", "setup", "--incus", "--undo", "--state-file", str(state)]
+    undo = [sys.executable, "-m", "pytest_lxdsnap.host.cli", "setup", "--incus", "--undo", "--state-file", str(state)]
     result = subprocess.run(undo, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"left:   wrote apt source {written}: changed since setup (edited)" in result.stdout

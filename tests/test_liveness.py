@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from pytest_lxdsnap.ownership import (
+from pytest_lxdsnap.safety.ownership import (
     CREATED_KEY,
     KEPT_KEY,
     KEPT_PLACE_KEY,

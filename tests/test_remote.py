@@ -14,19 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-
-from pytest_lxdsnap.connection import (
-    Endpoint,
-    OffEndpoint,
-    connect,
-    fingerprint,
-    https_session,
-    pinned_fingerprint,
-    trusted_on_first_use,
-)
-from pytest_lxdsnap.errors import LxdUnreachable
-
-from .conftest import (
+from pytest_lxdsnap.conftest import (
     PYPROJECT,
     assert_summary,
     instance_names,
@@ -35,6 +23,17 @@ from .conftest import (
     make_certificate,
     snapshot_names,
     user_config,
+)
+
+from pytest_lxdsnap.errors import LxdUnreachable
+from pytest_lxdsnap.lxd.connection import (
+    Endpoint,
+    OffEndpoint,
+    connect,
+    fingerprint,
+    https_session,
+    pinned_fingerprint,
+    trusted_on_first_use,
 )
 
 DIRTIES = """

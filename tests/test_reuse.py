@@ -10,14 +10,21 @@ import sys
 
 import pytest
 from pylxd.exceptions import LXDAPIException
+from pytest_lxdsnap.conftest import PYPROJECT, TEST_PREFIX, instance_names, lxc
 
-from pytest_lxdsnap import lxdapi, reuse
+from pytest_lxdsnap.declarations import parse_container
 from pytest_lxdsnap.errors import ConfigError
-from pytest_lxdsnap.ownership import CREATED_KEY, INSTANCE_PREFIX, KEPT_KEY, OWNER_KEY, REUSE_KEY, SessionIdentity
-from pytest_lxdsnap.reuse import REUSE_NAME_KEY
-from pytest_lxdsnap.settings import parse_container
-
-from .conftest import PYPROJECT, TEST_PREFIX, instance_names, lxc
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import (
+    CREATED_KEY,
+    INSTANCE_PREFIX,
+    KEPT_KEY,
+    OWNER_KEY,
+    REUSE_KEY,
+    SessionIdentity,
+)
+from pytest_lxdsnap.session import reuse
+from pytest_lxdsnap.session.reuse import REUSE_NAME_KEY
 
 DECLARATION = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -44,7 +51,7 @@ def test_in_place_too(lxd):
 
 
 def lxdsnap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pytest_lxdsnap.host.cli", *args], capture_output=True, text=True,
                           timeout=300)
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from pytest_lxdsnap.conftest import lxc, snapshot_names
 
-from pytest_lxdsnap import lxdapi
 from pytest_lxdsnap.errors import OwnershipError
-from pytest_lxdsnap.ownership import OWNER_KEY, SessionIdentity
-
-from .conftest import lxc, snapshot_names
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import OWNER_KEY, SessionIdentity
 
 
 def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, make_instance):
@@ -87,8 +86,8 @@ def test_the_baseline_outlives_a_test_longer_than_its_ttl(lxd_client, make_insta
     """The heartbeat pushes a baseline's expiry on while a test runs (a long test, --pdb), with no reset."""
     import time
 
-    from pytest_lxdsnap.connection import Endpoint
-    from pytest_lxdsnap.session import LxdSession, Request
+    from pytest_lxdsnap.lxd.connection import Endpoint
+    from pytest_lxdsnap.session.core import LxdSession, Request
 
     def expiry(instance: str, snapshot: str) -> datetime.datetime:
         stamp = lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]

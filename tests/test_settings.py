@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_lxdsnap.declarations import ContainerSpec, load, parse_table
 from pytest_lxdsnap.errors import ConfigError
-from pytest_lxdsnap.ownership import SessionIdentity, read_tag
-from pytest_lxdsnap.settings import ContainerSpec, load, parse_table
+from pytest_lxdsnap.safety.ownership import SessionIdentity, read_tag
 
 
 def test_full_declaration():

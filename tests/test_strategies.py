@@ -6,10 +6,17 @@ import secrets
 from pathlib import Path
 
 import pytest
+from pytest_lxdsnap.conftest import (
+    COMMANDS,
+    PYPROJECT,
+    assert_summary,
+    instance_names,
+    lxc,
+    snapshot_names,
+    user_config,
+)
 
-from pytest_lxdsnap import lxdapi
-
-from .conftest import COMMANDS, PYPROJECT, assert_summary, instance_names, lxc, snapshot_names, user_config
+from pytest_lxdsnap.lxd import lxdapi
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]

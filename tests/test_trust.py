@@ -11,12 +11,7 @@ import sys
 import time
 
 import pytest
-
-from pytest_lxdsnap import claims, garbage, leases, lxdapi
-from pytest_lxdsnap.image import IMAGE_ALIAS
-from pytest_lxdsnap.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
-
-from .conftest import (
+from pytest_lxdsnap.conftest import (
     COMMANDS,
     NEVER_RUNS,
     PYPROJECT,
@@ -30,7 +25,12 @@ from .conftest import (
     snapshot_names,
     user_config,
 )
-from .test_faults import DECLARED_WEB, holding_suite, start_session, wait_for
+from pytest_lxdsnap.test_faults import DECLARED_WEB, holding_suite, start_session, wait_for
+
+from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety import claims, garbage, leases
+from pytest_lxdsnap.safety.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
 
 
 def throwaway(kind: str) -> str:
@@ -291,9 +291,9 @@ def test_on_zfs_a_reset_lxd_would_refuse_is_never_asked_for(lxd_client, make_ins
     """ZFS restores only the latest snapshot. ZFS cannot run here: the pool driver is reported as zfs to the
     session (everything else is the real daemon), and a user snapshot newer than the baseline must stop the
     reset before LXD is asked, with the container left as the test left it."""
-    from pytest_lxdsnap.connection import Endpoint
     from pytest_lxdsnap.errors import ResetError
-    from pytest_lxdsnap.session import Checkout, LxdSession, Request
+    from pytest_lxdsnap.lxd.connection import Endpoint
+    from pytest_lxdsnap.session.core import Checkout, LxdSession, Request
 
     name = make_instance()
     session = LxdSession(Endpoint(), {})

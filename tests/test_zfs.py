@@ -1,4 +1,4 @@
-"""The ZFS restore rules (pytest_lxdsnap.zfs) on snapshot records shaped like LXD's API returns them.
+"""The ZFS restore rules (pytest_lxdsnap.safety.zfs) on snapshot records shaped like LXD's API returns them.
 
 Pure logic: no ZFS pool can run here, so the records are made up; what LXD does with such a pool is
 documented in the module (file and function names in LXD and Incus).
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pytest_lxdsnap import zfs
-from pytest_lxdsnap.commands import Commands
+from pytest_lxdsnap.lxd.commands import Commands
+from pytest_lxdsnap.safety import zfs
 
 NEVER = "0001-01-01T00:00:00Z"  # Go's zero time: how LXD reports "no expiry"
 BASE = "lxdsnap-ab12cd34-base"

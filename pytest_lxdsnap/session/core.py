@@ -2,7 +2,7 @@
 
 No pytest here: the plugin drives this class, and so can any other runner. A test asks for
 :class:`Request` s and gets :class:`Checkout` s (the instance it may change); :meth:`LxdSession.release`
-brings each back to its baseline with the checkout's strategy (see :mod:`pytest_lxdsnap.strategy`).
+brings each back to its baseline with the checkout's strategy (see :mod:`pytest_lxdsnap.session.strategy`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,23 @@ from dataclasses import dataclass, field, replace
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import claims, garbage, leases, lxdapi, ports, projects, reuse, zfs
-from .clones import ClonePool, Slots
-from .commands import Commands
-from .connection import Endpoint, connect
-from .errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
-from .execution import exec_command, purge_unread_logs
-from .lxdapi import FAULTS, LXD_FAULTS, describe
-from .ownership import (
+from pytest_lxdsnap.declarations import (
+    DEFAULT_LEASE_WAIT,
+    DEFAULT_MAX_CLONES,
+    DEFAULT_PREPARE_AHEAD,
+    DEFAULT_SNAPSHOT_TTL,
+    TABLE,
+    ContainerSpec,
+)
+from pytest_lxdsnap.errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError, ResetError
+from pytest_lxdsnap.lxd import lxdapi, ports, projects
+from pytest_lxdsnap.lxd.commands import Commands
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
+from pytest_lxdsnap.lxd.execution import exec_command, purge_unread_logs
+from pytest_lxdsnap.lxd.lxdapi import FAULTS, LXD_FAULTS, describe
+from pytest_lxdsnap.lxd.readiness import wait_ready
+from pytest_lxdsnap.safety import claims, garbage, leases, zfs
+from pytest_lxdsnap.safety.ownership import (
     BASELINE_LABEL,
     BUILDING_KEY,
     CREATED_KEY,
@@ -38,16 +47,9 @@ from .ownership import (
     REUSE_SNAPSHOT,
     SessionIdentity,
 )
-from .readiness import wait_ready
-from .settings import (
-    DEFAULT_LEASE_WAIT,
-    DEFAULT_MAX_CLONES,
-    DEFAULT_PREPARE_AHEAD,
-    DEFAULT_SNAPSHOT_TTL,
-    TABLE,
-    ContainerSpec,
-)
-from .strategy import resolve
+from pytest_lxdsnap.session import reuse
+from pytest_lxdsnap.session.clones import ClonePool, Slots
+from pytest_lxdsnap.session.strategy import resolve
 
 BACKGROUND_WORKERS = 8
 PROGRESS_TICK = 0.5

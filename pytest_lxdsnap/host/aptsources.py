@@ -30,9 +30,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import stophook
-from .backends import BACKPORTS_SOURCES, codename
-from .errors import LxdSnapError
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host import stophook
+from pytest_lxdsnap.lxd.backends import BACKPORTS_SOURCES, codename
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 KEYRING_PACKAGE_LIST = "var/lib/dpkg/info/debian-archive-keyring.list"  # under the root

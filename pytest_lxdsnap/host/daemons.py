@@ -5,7 +5,7 @@ Before anything is installed, setup asks the daemons that may already run: ``$LX
 ``$LXD_DIR``'s, ``/var/lib/incus/unix.socket``). When one answers as the wanted server, setup uses it and
 installs no daemon or client packages (only the helpers, btrfs-progs and busybox-static): on a snap host
 Debian's own LXD would shadow the snap's ``lxc``. Otherwise the packages are installed with apt (Incus from
-Debian's backports, see :mod:`pytest_lxdsnap.aptsources`) and the daemon is started through systemd, or
+Debian's backports, see :mod:`pytest_lxdsnap.host.aptsources`) and the daemon is started through systemd, or
 detached when there is no service manager.
 """
 
@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .aptsources import add_backports
-from .backends import INCUS, LXD, Backend, codename
-from .connection import Endpoint, connect, default_socket
-from .errors import LxdSnapError, LxdUnreachable
-from .image import BUSYBOX
-from .setupchanges import ChangeLog, Log, sha256
+from pytest_lxdsnap.errors import LxdSnapError, LxdUnreachable
+from pytest_lxdsnap.host.aptsources import add_backports
+from pytest_lxdsnap.host.image import BUSYBOX
+from pytest_lxdsnap.host.setupchanges import ChangeLog, Log, sha256
+from pytest_lxdsnap.lxd.backends import INCUS, LXD, Backend, codename
+from pytest_lxdsnap.lxd.connection import Endpoint, connect, default_socket
 
 HELPERS = {"mkfs.btrfs": "btrfs-progs", BUSYBOX: "busybox-static"}  # needed beside any daemon
 SNAP_LXD = "/var/snap/lxd/common/lxd"

@@ -18,9 +18,10 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import claims, leases, lxdapi, projects, reuse
-from .errors import OwnershipError
-from .ownership import (
+from pytest_lxdsnap.errors import OwnershipError
+from pytest_lxdsnap.lxd import lxdapi, projects
+from pytest_lxdsnap.safety import claims, leases
+from pytest_lxdsnap.safety.ownership import (
     BUILDING_KEY,
     CREATED_KEY,
     KEPT_KEY,
@@ -36,6 +37,7 @@ from .ownership import (
     kept_until,
     read_tag,
 )
+from pytest_lxdsnap.session import reuse
 
 GARBAGE_NOUNS = {"snapshot": "snapshot", "project": "project", "lease": "profile"}  # the rest are instances
 

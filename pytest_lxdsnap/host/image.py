@@ -89,7 +89,7 @@ def build_image_tarball(busybox: str = BUSYBOX) -> bytes:
 
 def import_image(client: object, alias: str = IMAGE_ALIAS, busybox: str = BUSYBOX) -> str:
     """Import the busybox image under ``alias``; returns its fingerprint."""
-    from .lxdapi import quiet_pylxd
+    from pytest_lxdsnap.lxd.lxdapi import quiet_pylxd
 
     if not os.path.exists(busybox):
         raise FileNotFoundError(f"{busybox} not found: install Debian's busybox-static package")

@@ -2,7 +2,7 @@
 
 Each change (a package setup installed, the apt source it wrote, a daemon it started, a pool, the default
 profile's root disk, an image, the lxcfs fast-stop diversion) is saved in
-``/var/lib/lxdsnap/setup-changes.json`` the moment it is made; :mod:`pytest_lxdsnap.setupundo` reads it back.
+``/var/lib/lxdsnap/setup-changes.json`` the moment it is made; :mod:`pytest_lxdsnap.host.setupundo` reads it back.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import stophook
-from .errors import LxdSnapError
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host import stophook
 
 STATE_FILE = Path("/var/lib/lxdsnap/setup-changes.json")
 

@@ -4,11 +4,11 @@
 Every step checks first and changes only what is missing, so running setup twice is harmless. The parts live
 beside this module:
 
-- :mod:`pytest_lxdsnap.daemons`: a daemon that already answers is used (installing nothing for it), else the
+- :mod:`pytest_lxdsnap.host.daemons`: a daemon that already answers is used (installing nothing for it), else the
   packages are installed and the daemon started;
-- :mod:`pytest_lxdsnap.aptsources`: Debian's own archive among the apt sources, for Incus's backports;
-- :mod:`pytest_lxdsnap.setupchanges`: every change is recorded in ``/var/lib/lxdsnap/setup-changes.json``;
-- :mod:`pytest_lxdsnap.setupundo`: ``lxdsnap setup --undo`` reverses them newest first, leaving anything
+- :mod:`pytest_lxdsnap.host.aptsources`: Debian's own archive among the apt sources, for Incus's backports;
+- :mod:`pytest_lxdsnap.host.setupchanges`: every change is recorded in ``/var/lib/lxdsnap/setup-changes.json``;
+- :mod:`pytest_lxdsnap.host.setupundo`: ``lxdsnap setup --undo`` reverses them newest first, leaving anything
   changed since or still in use.
 """
 
@@ -20,13 +20,14 @@ from pathlib import Path
 
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from . import lxdapi, stophook
-from .backends import INCUS, LXD, Backend
-from .connection import Endpoint, connect, default_socket
-from .daemons import have_tool, use_daemon
-from .errors import LxdSnapError
-from .image import BUSYBOX, IMAGE_ALIAS, import_image
-from .setupchanges import STATE_FILE, Change, ChangeLog, Log
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host import stophook
+from pytest_lxdsnap.host.daemons import have_tool, use_daemon
+from pytest_lxdsnap.host.image import BUSYBOX, IMAGE_ALIAS, import_image
+from pytest_lxdsnap.host.setupchanges import STATE_FILE, Change, ChangeLog, Log
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.backends import INCUS, LXD, Backend
+from pytest_lxdsnap.lxd.connection import Endpoint, connect, default_socket
 
 DEFAULT_POOL = "default"
 DEFAULT_POOL_SIZE = "8GiB"
@@ -101,7 +102,7 @@ def setup(endpoint: Endpoint, log: Log = print, pool_driver: str = "auto", fast_
     """Install, start and initialise LXD (or Incus), and import the offline test image. Idempotent; each
     change is recorded in ``state_file`` and returned.
 
-    ``fast_stop`` True installs the lxcfs stop-hook wrapper (see :mod:`pytest_lxdsnap.stophook`), False
+    ``fast_stop`` True installs the lxcfs stop-hook wrapper (see :mod:`pytest_lxdsnap.host.stophook`), False
     removes it, None leaves the host's choice alone.
     """
     if endpoint.is_https:

@@ -15,12 +15,13 @@ from typing import Any
 
 from pylxd.exceptions import NotFound
 
-from . import lxdapi, stophook
-from .backends import BACKENDS, INCUS, LXD, Backend
-from .connection import Endpoint, connect
-from .daemons import ask_daemon, candidate_sockets, dpkg_installed, find_daemon
-from .errors import LxdSnapError
-from .setupchanges import STATE_FILE, Change, ChangeLog, Log, sha256
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host import stophook
+from pytest_lxdsnap.host.daemons import ask_daemon, candidate_sockets, dpkg_installed, find_daemon
+from pytest_lxdsnap.host.setupchanges import STATE_FILE, Change, ChangeLog, Log, sha256
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.backends import BACKENDS, INCUS, LXD, Backend
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LxdSnapError
-from .image import BUSYBOX
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host.image import BUSYBOX
 
 BACKPORTS_SOURCES = "etc/apt/sources.list.d/lxdsnap-backports.sources"  # under the root (/)
 

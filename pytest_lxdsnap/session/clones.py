@@ -15,9 +15,9 @@ from concurrent.futures import Executor, Future, wait
 
 import pylxd
 
-from . import lxdapi
-from .errors import LxdSnapError
-from .ownership import CREATED_KEY, OWNER_KEY, SessionIdentity
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import CREATED_KEY, OWNER_KEY, SessionIdentity
 
 MAX_INSTANCE_NAME = 63
 SLOT_WAIT = 120.0

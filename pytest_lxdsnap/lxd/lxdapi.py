@@ -21,9 +21,9 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from .connection import DEFAULT_TIMEOUT
-from .errors import ConfigError, LxdSnapError, OwnershipError
-from .ownership import (
+from pytest_lxdsnap.errors import ConfigError, LxdSnapError, OwnershipError
+from pytest_lxdsnap.lxd.connection import DEFAULT_TIMEOUT
+from pytest_lxdsnap.safety.ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
     OWNER_KEY,

@@ -13,8 +13,8 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi
-from .ownership import CREATED_KEY, INSTANCE_PREFIX, SessionIdentity, holder_at, kept_until
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import CREATED_KEY, INSTANCE_PREFIX, SessionIdentity, holder_at, kept_until
 
 AUTO = "auto"
 SHARED_FEATURES = {"features.images": "false", "features.profiles": "false"}

@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .backends import INCUS, LXD
-from .connection import Endpoint, insecure_warning, trusted_on_first_use
-from .errors import LxdSnapError
-from .hostsetup import doctor, setup
-from .setupchanges import STATE_FILE
-from .setupundo import undo
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host.hostsetup import doctor, setup
+from pytest_lxdsnap.host.setupchanges import STATE_FILE
+from pytest_lxdsnap.host.setupundo import undo
+from pytest_lxdsnap.lxd.backends import INCUS, LXD
+from pytest_lxdsnap.lxd.connection import Endpoint, insecure_warning, trusted_on_first_use
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)
         if args.command == "publish":
-            from .reuse import publish
+            from pytest_lxdsnap.session.reuse import publish
 
             fingerprint, alias = publish(endpoint, args.name, args.alias)
             print(f"lxdsnap publish: image {fingerprint[:12]} as {alias}; use it with image = \"{alias}\"")
@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False) -> int:
     """Clean what dead sessions left. gc is a session of its own: it holds a lease while it runs and
     claims (If-Match) each instance before it recovers it, so it never races a live session."""
-    from .connection import connect
-    from .garbage import find_garbage
-    from .leases import close_lease, open_lease
-    from .lxdapi import FAULTS, describe
-    from .ownership import SessionIdentity
+    from pytest_lxdsnap.lxd.connection import connect
+    from pytest_lxdsnap.lxd.lxdapi import FAULTS, describe
+    from pytest_lxdsnap.safety.garbage import find_garbage
+    from pytest_lxdsnap.safety.leases import close_lease, open_lease
+    from pytest_lxdsnap.safety.ownership import SessionIdentity
 
     client = connect(endpoint)
     identity = SessionIdentity()

@@ -2,7 +2,7 @@
 
 A live session keeps a profile ``lxdsnap-session-<token>`` (used by no instance) whose config holds its
 tag and ``user.lxdsnap.lease``: until when, by the **server's** clock, it counts as alive. A heartbeat
-renews it every third of :data:`~pytest_lxdsnap.ownership.LEASE_SECONDS` and recreates it if it vanished.
+renews it every third of :data:`~pytest_lxdsnap.safety.ownership.LEASE_SECONDS` and recreates it if it vanished.
 No pytest here.
 """
 
@@ -11,8 +11,15 @@ from __future__ import annotations
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import lxdapi
-from .ownership import LEASE_KEY, LEASE_SECONDS, OWNER_KEY, SESSION_PROFILE_PREFIX, SessionIdentity, holder_at
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import (
+    LEASE_KEY,
+    LEASE_SECONDS,
+    OWNER_KEY,
+    SESSION_PROFILE_PREFIX,
+    SessionIdentity,
+    holder_at,
+)
 
 
 def profile_name(identity: SessionIdentity) -> str:

@@ -16,10 +16,11 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import leases, lxdapi, zfs
-from .commands import Commands
-from .errors import ConfigError, OwnershipError, ResetError
-from .ownership import (
+from pytest_lxdsnap.errors import ConfigError, OwnershipError, ResetError
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.commands import Commands
+from pytest_lxdsnap.safety import leases, zfs
+from pytest_lxdsnap.safety.ownership import (
     BASELINE_LABEL,
     CREATED_KEY,
     EPHEMERAL_KEY,

@@ -22,8 +22,8 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from .errors import ExecError, ExecOutputTooLarge, ExecTimeout
-from .lxdapi import LXD_FAULTS, OperationFailed, api_error, describe, exec_logs, operation_id, wait
+from pytest_lxdsnap.errors import ExecError, ExecOutputTooLarge, ExecTimeout
+from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, OperationFailed, api_error, describe, exec_logs, operation_id, wait
 
 COMMAND_NOT_FOUND = 127
 
@@ -125,7 +125,7 @@ def exec_command(
     killed) or output past ``max_output`` bytes on a stream (default :data:`MAX_OUTPUT`; killed if running).
 
     ``keep_logs`` leaves LXD's copy of the output in place (two calls fewer), for instances the plugin
-    deletes itself: :func:`pytest_lxdsnap.lxdapi.delete_owned_instance` purges their exec logs first.
+    deletes itself: :func:`pytest_lxdsnap.lxd.lxdapi.delete_owned_instance` purges their exec logs first.
     """
     __tracebackhide__ = True
     command = argv(cmd)

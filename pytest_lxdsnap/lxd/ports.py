@@ -9,8 +9,8 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import LXDAPIException
 
-from . import lxdapi
-from .errors import LxdSnapError
+from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.lxd import lxdapi
 
 HOST = "127.0.0.1"
 DEVICE_PREFIX = "lxdsnap-port-"

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .strategy import SCOPES, STRATEGIES, check
+from pytest_lxdsnap.errors import ConfigError
+from pytest_lxdsnap.session.strategy import SCOPES, STRATEGIES, check
 
 TABLE = "tool.lxdsnap"
 DEFAULT_SNAPSHOT_TTL = 24 * 3600.0

@@ -69,8 +69,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from .commands import Commands
-from .ownership import is_kept_snapshot_name, is_plugin_snapshot_name
+from pytest_lxdsnap.lxd.commands import Commands
+from pytest_lxdsnap.safety.ownership import is_kept_snapshot_name, is_plugin_snapshot_name
 
 ZFS = "zfs"
 """The storage driver name ``GET /1.0/storage-pools/<pool>`` reports."""

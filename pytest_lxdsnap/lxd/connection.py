@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .errors import LxdUnreachable
+from pytest_lxdsnap.errors import LxdUnreachable
 
 if TYPE_CHECKING:
     import pylxd
@@ -63,7 +63,7 @@ def unreachable_message(endpoint: Endpoint, reason: object) -> str:
 
 def check_tls_files(endpoint: Endpoint) -> None:
     """The TLS options make sense together and name readable files; raises ConfigError saying which."""
-    from .errors import ConfigError
+    from pytest_lxdsnap.errors import ConfigError
 
     given = {"--lxd-cert": endpoint.cert, "--lxd-key": endpoint.key, "--lxd-server-cert": endpoint.server_cert}
     if not endpoint.is_https:
@@ -250,7 +250,7 @@ def connect(endpoint: Endpoint) -> pylxd.Client:
     import requests
     from pylxd.exceptions import ClientConnectionFailed, LXDAPIException
 
-    from .errors import ConfigError
+    from pytest_lxdsnap.errors import ConfigError
 
     url = endpoint.url
     if url and not url.startswith(("https://", "/")):

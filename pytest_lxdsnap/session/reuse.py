@@ -20,10 +20,12 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import NotFound
 
-from . import leases, lxdapi
-from .connection import Endpoint, connect
-from .errors import ConfigError, LxdSnapError, OwnershipError
-from .ownership import (
+from pytest_lxdsnap.declarations import TABLE, ContainerSpec
+from pytest_lxdsnap.errors import ConfigError, LxdSnapError, OwnershipError
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.connection import Endpoint, connect
+from pytest_lxdsnap.safety import leases
+from pytest_lxdsnap.safety.ownership import (
     BUILDING_KEY,
     CREATED_KEY,
     INSTANCE_PREFIX,
@@ -35,7 +37,6 @@ from .ownership import (
     holder_at,
     holder_is_dead,
 )
-from .settings import TABLE, ContainerSpec
 
 REUSE_NAME_KEY = "user.lxdsnap.reuse.name"
 """Config key on a kept declared container: the name it is declared under (matching never parses names alone)."""

@@ -8,10 +8,10 @@ import time
 
 import pylxd
 
-from . import ports
-from .errors import ExecTimeout, ReadinessError
-from .execution import ExecResult, exec_command
-from .settings import ReadyCheck
+from pytest_lxdsnap.declarations import ReadyCheck
+from pytest_lxdsnap.errors import ExecTimeout, ReadinessError
+from pytest_lxdsnap.lxd import ports
+from pytest_lxdsnap.lxd.execution import ExecResult, exec_command
 
 
 def wait_ready(client: pylxd.Client, instance: str, check: ReadyCheck, container: str) -> float:
@@ -44,7 +44,7 @@ def wait_ready(client: pylxd.Client, instance: str, check: ReadyCheck, container
 
 
 def _wait_strategy(client: pylxd.Client, instance: str, check: ReadyCheck, container: str) -> float:
-    from .handle import Container
+    from pytest_lxdsnap.handle import Container
 
     assert check.wait_strategy is not None
     module, _, attribute = check.wait_strategy.partition(":")
