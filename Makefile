@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint package bench bench-paired bench-transport soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint package docs bench bench-paired bench-transport soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -51,6 +52,17 @@ package: install
 	rm -rf dist
 	$(BIN)/python -m build -q -o dist .
 	$(BIN)/twine check --strict dist/*
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The docs (docs/, no LXD needed): Sphinx with warnings as errors and every cross reference resolved (-n), from a
+# clean build so every page is read again; then the offline link check (relative links, anchors, reviewed URLs).
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
+	$(BIN)/python docs/checklinks.py docs/_build/html
 
 # Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
 # tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).

@@ -12,7 +12,7 @@ from pytest_lxdsnap import __version__  # noqa: E402 - after the path above
 
 project = "pytest-lxdsnap"
 author = "the pytest-lxdsnap authors"
-copyright = "the pytest-lxdsnap authors, Apache-2.0"  # noqa: A001 - Sphinx's name
+copyright = "the pytest-lxdsnap authors, Apache-2.0"
 release = __version__
 version = ".".join(__version__.split(".")[:2])
 
@@ -53,3 +53,4 @@ nitpick_ignore_regex = [
 
 # MyST asks every domain to resolve its links; sphinx-argparse's domain cannot and says so for each one.
 suppress_warnings = ["myst.domains"]
+smartquotes = False  # "--lxd-reuse" stays two hyphens, quotes stay straight

@@ -7,6 +7,9 @@
 - ``lxdsnap-strategies``: the reset strategies and scopes, from ``session.strategy``.
 - ``lxdsnap-exception-tree``: the exceptions of ``pytest_lxdsnap.errors`` as a tree by inheritance.
 
+Also: dataclass defaults made by a factory show as ``...`` in signatures, and a bare ``https://`` in a
+help text stays text instead of a link to nowhere.
+
 Nothing here restates a default or a help text: a change in the code changes the page.
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
@@ -137,7 +141,8 @@ class PyprojectKeysDirective(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         from pytest_lxdsnap import declarations
 
-        rows = [[cell(code(f"[{declarations.TABLE}] {key}")), cell(text)] for key, text in declarations.TOP_KEYS.items()]
+        top = declarations.TOP_KEYS.items()
+        rows = [[cell(code(f"[{declarations.TABLE}] {key}")), cell(text)] for key, text in top]
         rows += [[cell(code(key)), cell(text)] for key, text in declarations.CONTAINER_KEYS.items()]
         return [table(["key", "meaning"], rows, [25, 75])]
 
@@ -203,8 +208,20 @@ def dataclass_factories(app: Sphinx, what: str, name: str, obj: object, options:
     return None
 
 
+class BareSchemes(SphinxPostTransform):
+    """Help texts say "an https:// URL"; docutils links the bare ``https://`` (to nowhere). Keep it text."""
+
+    default_priority = 5
+
+    def run(self, **kwargs: Any) -> None:
+        for ref in list(self.document.findall(nodes.reference)):
+            if ref.get("refuri") in ("http://", "https://"):
+                ref.replace_self(nodes.Text(ref.astext()))
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("autodoc-process-signature", dataclass_factories)
+    app.add_post_transform(BareSchemes)
     app.add_directive("lxdsnap-options", OptionsDirective)
     app.add_directive("lxdsnap-pyproject-keys", PyprojectKeysDirective)
     app.add_directive("lxdsnap-marker", MarkerDirective)
