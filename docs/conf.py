@@ -23,7 +23,7 @@ extensions = [
     "lxdsnap_docs",
 ]
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build", ".venv", "README.md"]
+exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 

@@ -151,7 +151,10 @@ class MarkerDirective(SphinxDirective):
     """The ``lxd`` marker's signature (as ``pytest --markers`` shows it) and its keyword options."""
 
     def run(self) -> list[nodes.Node]:
-        from pytest_lxdsnap import plugin
+        try:  # the marker's grammar has a module of its own since the plugin was split
+            plugin = importlib.import_module("pytest_lxdsnap.markers")
+        except ModuleNotFoundError:
+            plugin = importlib.import_module("pytest_lxdsnap.plugin")
 
         signature, _, meaning = plugin.MARKER_HELP.partition(": ")
         block = nodes.literal_block(f"@pytest.mark.{signature}", f"@pytest.mark.{signature}", language="python")
