@@ -29,7 +29,8 @@ myst_heading_anchors = 3
 
 html_theme = "furo"
 html_title = f"pytest-lxdsnap {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["lxdsnap.css"]
 html_show_sourcelink = False
 
 # autodoc: the documented objects are imported from the installed package.

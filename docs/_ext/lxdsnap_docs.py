@@ -190,7 +190,7 @@ class ExceptionTreeDirective(SphinxDirective):
             target = f"{errors.__name__}.{cls.__name__}"
             ref = addnodes.pending_xref("", refdomain="py", reftype="exc", reftarget=target, refexplicit=True)
             ref += code(cls.__name__)
-            bases = [b.__name__ for b in cls.__bases__ if b.__module__ == "builtins"]
+            bases = [b.__name__ for b in cls.__bases__ if b.__module__ == "builtins" and b is not Exception]
             para = nodes.paragraph("", "", ref, *([nodes.Text(f" (also a {', '.join(bases)})")] if bases else []))
             entry = nodes.list_item("", para)
             children = [c for c in classes if cls in c.__bases__]
