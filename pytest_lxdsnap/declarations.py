@@ -36,6 +36,12 @@ CONTAINER_KEYS = {
 }
 DEFAULT_READY_TIMEOUT = 60.0
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
+"""A declared container's name: short, so the names of its clones and kept copies fit LXD's 63 characters."""
+
+
+def is_instance_name(name: str) -> bool:
+    """An existing instance's name as LXD accepts it (a declared name is one too)."""
+    return 0 < len(name) <= 63 and name[0].isalpha() and all(c.isalnum() or c == "-" for c in name)
 
 
 @dataclass(frozen=True)

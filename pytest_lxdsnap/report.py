@@ -84,13 +84,12 @@ def table(rows: list[Row]) -> list[Line]:
                                            text([row.get(column, "") for column in columns])) for row in rows]
 
 
-def write(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def write(terminalreporter: pytest.TerminalReporter, config: pytest.Config, slowest: int) -> None:
     rows, lines = config.stash.get(ROWS, []), config.stash.get(LINES, [])
     if rows or lines:
         terminalreporter.write_sep("-", "lxdsnap")
         for colour, text in (table(rows) if rows else []) + lines:
             terminalreporter.write_line(text, **({colour: True} if colour else {}))
-    slowest = config.getoption("lxd_durations")
     durations = config.stash.get(DURATIONS, [])
     if slowest and durations:
         terminalreporter.write_sep("-", f"slowest {slowest} lxd resets (time the test waited for clean containers)")
