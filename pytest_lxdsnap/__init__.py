@@ -23,7 +23,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
     __version__ = "0.0.0"
 
 # these import pylxd or pytest's plugin machinery: loaded on first use
-_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "plugin", "ContainerSpec": "declarations"}
+_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "handle", "ContainerSpec": "declarations"}
 
 
 def __getattr__(name: str) -> object:

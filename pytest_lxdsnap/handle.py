@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 
 import pylxd
 from pylxd.models import Instance
 
+from pytest_lxdsnap.errors import UndeclaredContainer
 from pytest_lxdsnap.lxd import execution, ports
 from pytest_lxdsnap.lxd.execution import ExecResult
 from pytest_lxdsnap.lxd.lxdapi import quiet_pylxd, status

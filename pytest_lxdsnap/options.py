@@ -44,9 +44,9 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     @property
-    def off_flag(self) -> str | None:
-        """The ``--no-…`` switch of a boolean."""
-        return f"--no-{self.flag[2:]}" if self.type == "bool" else None
+    def off_flag(self) -> str:
+        """The ``--no-…`` switch (booleans have one)."""
+        return f"--no-{self.flag[2:]}"
 
     @property
     def metavar(self) -> str | None:
@@ -100,7 +100,7 @@ def _count(option: Option, raw: object) -> int:
 def _choice(option: Option, raw: object) -> str:
     assert option.choices is not None
     if raw not in option.choices:
-        raise ConfigError(f"{option.name} ({option.flag}): {raw!r} is not valid; valid choices: "
+        raise ConfigError(f"{option.name} ({option.flag}): unknown value {raw!r}; valid values: "
                           f"{', '.join(option.choices)}")
     return str(raw)
 
@@ -136,7 +136,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("lxd_timeout", "seconds", DEFAULT_TIMEOUT, "Seconds to wait for one LXD API request", header="timeout"),
     Option("lxd_strategy", "choice", "auto",
            "Default reset strategy (auto: clones on copy-on-write pools for declared containers, in place otherwise)",
-           choices=STRATEGIES, header="strategy"),
+           choices=tuple(STRATEGIES), header="strategy"),
     Option("lxd_snapshot_ttl", "seconds", DEFAULT_SNAPSHOT_TTL,
            "Seconds after which LXD deletes a plugin snapshot even if the run crashed", header="snapshot ttl"),
     Option("lxd_prepare_ahead", "count", DEFAULT_PREPARE_AHEAD,

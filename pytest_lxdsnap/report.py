@@ -12,7 +12,8 @@ import pytest
 if TYPE_CHECKING:
     from _pytest.capture import CaptureManager
 
-    from pytest_lxdsnap.session.core import Leftover, LxdSession, Tracked
+    from pytest_lxdsnap.model import Leftover, Tracked
+    from pytest_lxdsnap.session.core import LxdSession
 
 Line = tuple[str, str]  # (colour: "", "red" or "yellow"; text)
 Row = dict[str, str]  # one container's row of the summary table, by column

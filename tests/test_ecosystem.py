@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pytest_lxdsnap.conftest import (
+
+from pytest_lxdsnap.lxd import lxdapi
+
+from .conftest import (
     PYPROJECT,
     assert_summary,
     instance_names,
@@ -20,8 +23,6 @@ from pytest_lxdsnap.conftest import (
     snapshot_names,
     user_config,
 )
-
-from pytest_lxdsnap.lxd import lxdapi
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]

@@ -22,7 +22,7 @@ import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
 from pytest_lxdsnap.errors import ConfigError, LxdSnapError, OwnershipError
-from pytest_lxdsnap.lxd.connection import DEFAULT_TIMEOUT
+from pytest_lxdsnap.options import DEFAULT_TIMEOUT
 from pytest_lxdsnap.safety.ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
