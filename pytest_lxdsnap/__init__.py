@@ -1,4 +1,11 @@
-"""pytest-lxdsnap: snapshot real LXD containers before each test and restore them after."""
+"""pytest-lxdsnap: snapshot real LXD containers before each test and restore them after.
+
+The public API is what this module exports (``__all__``): the handle a test gets (:class:`Container`,
+:class:`Containers`, :class:`ExecResult`), :class:`ContainerSpec` (in hook signatures), and every error.
+The hooks are in :mod:`pytest_lxdsnap.hookspecs`; options, pyproject keys and the ``lxdsnap`` command are
+documented in the docs. Every other module (``session``, ``safety``, ``lxd``, ``host`` and the pytest glue)
+is internal and may change between releases.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -8,9 +15,12 @@ from pytest_lxdsnap.errors import (
     ExecError,
     ExecOutputTooLarge,
     ExecTimeout,
+    HookError,
     LxdSnapError,
     LxdUnreachable,
+    OperationFailed,
     OwnershipError,
+    PortError,
     ProvisionError,
     ReadinessError,
     ResetError,
@@ -44,9 +54,12 @@ __all__ = [
     "ExecOutputTooLarge",
     "ExecResult",
     "ExecTimeout",
+    "HookError",
     "LxdSnapError",
     "LxdUnreachable",
+    "OperationFailed",
     "OwnershipError",
+    "PortError",
     "ProvisionError",
     "ReadinessError",
     "ResetError",

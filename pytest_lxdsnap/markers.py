@@ -10,7 +10,7 @@ from pytest_lxdsnap.declarations import ContainerSpec, is_instance_name
 from pytest_lxdsnap.session.strategy import SCOPES, STRATEGIES, check
 
 if TYPE_CHECKING:  # imports pylxd, which a suite without marked tests never loads
-    from pytest_lxdsnap.session.core import Request
+    from pytest_lxdsnap.model import Request
 
 MARKER = "lxd"
 MARKER_OPTIONS = {
@@ -79,7 +79,7 @@ def requests_for(item: pytest.Item, specs: dict[str, ContainerSpec]) -> list[Req
     if REQUESTS in item.stash:
         return item.stash[REQUESTS]
     from pytest_lxdsnap.hookcalls import choose_strategy
-    from pytest_lxdsnap.session.core import Request
+    from pytest_lxdsnap.model import Request
 
     requested = marker_option(item, "strategy")
     scope = marker_option(item, "scope")

@@ -50,7 +50,9 @@ class Option:
 
     @property
     def metavar(self) -> str | None:
-        return {"path": "PATH", "seconds": "SECONDS", "count": "N", "text": "VALUE"}.get(self.type)
+        if self.type == "bool":
+            return None
+        return {"path": "PATH", "seconds": "SECONDS", "count": "N"}.get(self.type, self.name[4:].upper())
 
     @property
     def help_with_default(self) -> str:

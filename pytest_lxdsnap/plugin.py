@@ -33,7 +33,8 @@ from pytest_lxdsnap.options import Options
 
 if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
     from pytest_lxdsnap.handle import Containers
-    from pytest_lxdsnap.session.core import Checkout, LxdSession, Request
+    from pytest_lxdsnap.model import Checkout, Request
+    from pytest_lxdsnap.session.core import LxdSession
 
 OPTIONS: pytest.StashKey[Options] = pytest.StashKey()
 ENDPOINT: pytest.StashKey[Endpoint] = pytest.StashKey()
@@ -61,7 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(option.flag, dest=option.name, default=None, metavar=option.metavar,
                             help=option.help_with_default)
         if option.ini:
-            parser.addini(option.name, option.help_with_default, default=None)
+            if option.type == "bool":
+                parser.addini(option.name, option.help_with_default, type="bool", default=option.default)
+            else:
+                parser.addini(option.name, option.help_with_default, default=None)
 
 
 def read_options(config: pytest.Config) -> Options:
@@ -202,7 +206,7 @@ def _lxdsnap_marker(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]:
-    from pytest_lxdsnap.handle import Container, Containers
+    from pytest_lxdsnap.handle import Containers
     from pytest_lxdsnap.hookcalls import around_reset
 
     lxd = request.config.stash[SESSION]
@@ -219,9 +223,8 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     waited = time.perf_counter() - started
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
-    yield Containers(request.node.nodeid,
-                     {c.tracked.name: Container(lxd.client_for(c.tracked.name), c.tracked.name, c.instance,
-                                                disposable=c.tracked.declared) for c in checkouts})
+    yield Containers(request.node.nodeid, {c.tracked.name: lxd.container(c.tracked.name, c.instance)
+                                           for c in checkouts})
     reports = request.node.stash.get(REPORTS, {})
     if request.config.stash[OPTIONS].lxd_keep_failed and any(r.failed for r in reports.values()):
         for line in lxd.keep_failed(checkouts, request.node.nodeid):
@@ -253,7 +256,8 @@ def lxd(request: pytest.FixtureRequest) -> Containers:
             "add @pytest.mark.lxd(\"<name>\", ...) naming the containers it uses",
             pytrace=False,
         )
-    return request.getfixturevalue("_lxdsnap_containers")
+    containers: Containers = request.getfixturevalue("_lxdsnap_containers")
+    return containers
 
 
 @pytest.hookimpl(trylast=True)

@@ -18,6 +18,7 @@ import pylxd
 
 from pytest_lxdsnap.declarations import TABLE, ContainerSpec
 from pytest_lxdsnap.errors import ConfigError, LxdSnapError, ResetError
+from pytest_lxdsnap.handle import Container
 from pytest_lxdsnap.lxd import lxdapi, projects
 from pytest_lxdsnap.lxd.commands import Commands
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
@@ -95,6 +96,10 @@ class LxdSession:
             if self._own is None:
                 self._own = projects.in_project(self.client, projects.create(self.client, self.identity))
             return self._own
+
+    def container(self, name: str, instance: str) -> Container:
+        """The handle tests and hooks get for ``instance`` of container ``name`` (a declared one is disposable)."""
+        return Container(self.client_for(name), name, instance, disposable=name in self.specs)
 
     def client_for(self, name: str) -> pylxd.Client:
         """The client for a container: declared ones live where the session creates instances."""
