@@ -44,7 +44,7 @@ def sweep_dead_sessions(s: LxdSession, also_held: list[str] | None = None) -> No
 def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
     """Reset what is still checked out, delete what this session made (keeping broken ones for
     recovery), wait for the background work; what is left over."""
-    if s._client is None:
+    if not s.connected:
         s.heartbeat.stopping.set()
         s.executor.shutdown(wait=True, cancel_futures=True)
         return []
@@ -101,8 +101,8 @@ def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
     s.executor.shutdown(wait=True, cancel_futures=True)
     try:
         sweep(s)
-        if s._own is not None:
-            s.notices.extend(line for line in projects.delete(s.client, s._own.project, s.identity)
+        if s.own_project is not None:
+            s.notices.extend(line for line in projects.delete(s.client, s.own_project.project, s.identity)
                                 if line.startswith("kept"))
         if s.planned:  # a peer that died meanwhile (a crashed xdist worker) left its instances too
             sweep_dead_sessions(s, also_held=[t.instance for t in s.tracked.values() if not t.declared])
@@ -120,7 +120,7 @@ def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
 def sweep(s: LxdSession) -> None:
     """Delete any instance this session created that is still there (a launch cut short by Ctrl-C)."""
     broken = {t.instance for t in s.tracked.values() if t.broken}
-    client = s._own or s.client
+    client = s.own_project or s.client
     for name in lxdapi.owned_instances(client, s.identity):
         if name in broken:
             continue
@@ -133,11 +133,11 @@ def sweep(s: LxdSession) -> None:
 def leftovers(s: LxdSession) -> list[Leftover]:
     """Everything of this session's that LXD still holds, looked up afresh."""
     client, found = s.client, []
-    for name in lxdapi.owned_instances(s._own or client, s.identity):
+    for name in lxdapi.owned_instances(s.own_project or client, s.identity):
         found.append(Leftover(name, f"instance {name}"))
-    if s._own is not None and s._own.project in {p["name"] for p in projects.session_projects(client)}:
-        if not lxdapi.listing(s._own.api.instances, recursion=False):  # else it holds kept states
-            found.append(Leftover("session", f"project {s._own.project}"))
+    if s.own_project is not None and s.own_project.project in {p["name"] for p in projects.session_projects(client)}:
+        if not lxdapi.listing(s.own_project.api.instances, recursion=False):  # else it holds kept states
+            found.append(Leftover("session", f"project {s.own_project.project}"))
     for tracked in s.tracked.values():
         if tracked.declared and not tracked.kept:
             continue

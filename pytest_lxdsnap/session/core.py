@@ -83,6 +83,15 @@ class LxdSession:
         return self._client
 
     @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
+    def own_project(self) -> pylxd.Client | None:
+        """The project this session made for itself (--lxd-project auto), once it made it."""
+        return self._own
+
+    @property
     def auto_project(self) -> bool:
         return self.endpoint.project == projects.AUTO
 
@@ -227,7 +236,7 @@ class LxdSession:
         tracked.clones = ClonePool(
             self.own, self.executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
             profiles=spec.profiles, identity=self.identity, ahead=self.options.lxd_prepare_ahead,
-            planned=self.planned_clone_uses(tracked), ready=lambda instance: self._check_ready(tracked.name, instance),
+            planned=self.planned_clone_uses(tracked), ready=lambda instance: self.check_ready(tracked.name, instance),
             target=spec.target_for(self.worker), slots=self._clone_slots,
         )
         tracked.clones.top_up()
@@ -237,7 +246,7 @@ class LxdSession:
             tracked.base_running = False
             tracked.base_stopping = self.executor.submit(lxdapi.set_power, self.own, tracked.instance, "stop")
 
-    def _check_ready(self, name: str, instance: str) -> None:
+    def check_ready(self, name: str, instance: str) -> None:
         spec = self.specs.get(name)
         if spec is not None and spec.ready is not None:
             wait_ready(self.own, instance, spec.ready, name)

@@ -209,7 +209,7 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
     if s.on_provision is not None:
         s.on_provision(spec, instance)
     s.stages[spec.name] = "waiting until ready"
-    s._check_ready(spec.name, instance)
+    s.check_ready(spec.name, instance)
     ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
     s.stages[spec.name] = "taking the baseline snapshot"
     start = time.perf_counter()

@@ -24,7 +24,7 @@ def power_base(s: LxdSession, tracked: Tracked) -> None:
         tracked.base_stopping = None
     if tracked.running and not tracked.base_running:
         lxdapi.set_power(s.client_for(tracked.name), tracked.instance, "start")
-        s._check_ready(tracked.name, tracked.instance)
+        s.check_ready(tracked.name, tracked.instance)
     tracked.base_running = tracked.running
 
 
@@ -67,7 +67,7 @@ def restore(s: LxdSession, tracked: Tracked, *, recipe: bool = False) -> str | N
             lxdapi.set_power(client, instance, "start")
         tracked.base_running = tracked.running
         if tracked.running:
-            s._check_ready(tracked.name, instance)
+            s.check_ready(tracked.name, instance)
     except FAULTS as exc:
         tracked.broken = (
             f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
