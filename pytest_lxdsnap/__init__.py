@@ -7,8 +7,6 @@ documented in the docs. Every other module (``session``, ``safety``, ``lxd``, ``
 is internal and may change between releases.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from pytest_lxdsnap.errors import (
     ConfigError,
     ContainerNotFound,
@@ -27,16 +25,17 @@ from pytest_lxdsnap.errors import (
     UndeclaredContainer,
 )
 
-try:
-    __version__ = version("pytest-lxdsnap")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
-    __version__ = "0.0.0"
-
-# these import pylxd or pytest's plugin machinery: loaded on first use
 _LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "handle", "ContainerSpec": "declarations"}
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":  # importlib.metadata is slow to import: only when asked
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pytest-lxdsnap")
+        except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+            return "0.0.0"
     if name in _LAZY:
         from importlib import import_module
 

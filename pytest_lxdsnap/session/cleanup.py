@@ -13,10 +13,7 @@ from pytest_lxdsnap.lxd import lxdapi, projects
 from pytest_lxdsnap.lxd.lxdapi import FAULTS, describe
 from pytest_lxdsnap.model import Leftover
 from pytest_lxdsnap.safety import claims, garbage, leases
-from pytest_lxdsnap.safety.ownership import (
-    OWNER_KEY,
-    POWER_KEY,
-)
+from pytest_lxdsnap.safety.ownership import OWNER_KEY, POWER_KEY
 from pytest_lxdsnap.session import resets
 
 if TYPE_CHECKING:

@@ -9,9 +9,7 @@ from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.lxdapi import FAULTS, describe
 from pytest_lxdsnap.model import Checkout
 from pytest_lxdsnap.safety import claims, zfs
-from pytest_lxdsnap.safety.ownership import (
-    KEPT_LABEL,
-)
+from pytest_lxdsnap.safety.ownership import KEPT_LABEL
 
 if TYPE_CHECKING:
     from pytest_lxdsnap.session.core import LxdSession
