@@ -11,7 +11,7 @@ from pylxd.exceptions import NotFound
 
 from pytest_lxdsnap.lxd import lxdapi, projects
 from pytest_lxdsnap.lxd.lxdapi import FAULTS, describe
-from pytest_lxdsnap.model import Leftover
+from pytest_lxdsnap.model import Leftover, Tracked
 from pytest_lxdsnap.safety import claims, garbage, leases
 from pytest_lxdsnap.safety.ownership import OWNER_KEY, POWER_KEY
 from pytest_lxdsnap.session import resets
@@ -48,70 +48,83 @@ def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
     s.heartbeat.finishing = True  # baselines go now: the heartbeat only renews the lease
     for future in s.launches.values():
         future.cancel()
-    for tracked in s.tracked.values():
-        if tracked.current is not None:
-            problem = resets.release_one(s, tracked.current)
-            tracked.current = None
-            if problem:
-                s.problems.append(problem)
+    _give_back_checkouts(s)
     for tracked in s.tracked.values():
         if tracked.clones is not None:
             s.problems.extend(tracked.clones.close())
         if tracked.base_stopping is not None:
             tracked.base_stopping.exception()  # wait; a failed stop shows up in the delete below
     for tracked in s.tracked.values():
-        if tracked.broken:
-            s.problems.append(tracked.broken)
-            continue
         try:
-            if tracked.kept:  # --lxd-reuse: leave it stopped at its baseline for the next run
-                if tracked.dirty:
-                    problem = resets.restore(s, tracked)
-                    if problem:
-                        s.problems.append(problem)
-                        continue
-                if lxdapi.status(s.own, tracked.instance) != lxdapi.STOPPED:
-                    lxdapi.set_power(s.own, tracked.instance, "stop")
-                claims.release(s.own, tracked.instance, s.identity)
-                continue
-            if tracked.declared and tracked.name in keep:
-                until = time.time() + s.snapshot_ttl
-                claims.mark_kept(s.own, tracked.instance, until)
-                s.kept.append(f"kept declared container {tracked.name!r} as instance {tracked.instance} "
-                                 f"(a cleanup hook asked; `lxdsnap gc` deletes it after "
-                                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(until))})")
-                continue
-            if tracked.declared:
-                lxdapi.delete_owned_instance(s.own, tracked.instance, s.identity)
-                continue
-            if tracked.dirty:  # a readonly test (or an interrupted one) may have changed it
-                if s.turns(tracked):
-                    claims.claim(s.client, tracked.instance, s.identity, wait=s.lease_wait)
-                problem = resets.restore(s, tracked)
-                if problem:
-                    s.problems.append(problem)
-                    continue
-            lxdapi.delete_owned_snapshot(s.client, tracked.instance, tracked.snapshot, s.identity)
-            claims.release(s.client, tracked.instance, s.identity)
+            problem = _settle(s, tracked, keep)
         except FAULTS as exc:
-            s.problems.append(f"cleaning up {tracked.name!r} (instance {tracked.instance}): {describe(exc)}")
+            problem = f"cleaning up {tracked.name!r} (instance {tracked.instance}): {describe(exc)}"
+        if problem:
+            s.problems.append(problem)
     s.executor.shutdown(wait=True, cancel_futures=True)
     try:
-        sweep(s)
-        if s.own_project is not None:
-            s.notices.extend(line for line in projects.delete(s.client, s.own_project.project, s.identity)
-                                if line.startswith("kept"))
-        if s.planned:  # a peer that died meanwhile (a crashed xdist worker) left its instances too
-            sweep_dead_sessions(s, also_held=[t.instance for t in s.tracked.values() if not t.declared])
-        s.heartbeat.stop()  # alive until here: our last change is done
-        leases.close_lease(s.client, s.identity)
-        return leftovers(s)
+        return _last_calls(s)
     except FAULTS as exc:
         s.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "
-                             "`lxdsnap gc` restores and removes what this session left")
+                          "`lxdsnap gc` restores and removes what this session left")
         return []
     finally:
         s.heartbeat.stop()
+
+
+def _give_back_checkouts(s: LxdSession) -> None:
+    """Reset the states kept for a next test of the same scope that never came."""
+    for tracked in s.tracked.values():
+        if tracked.current is not None:
+            problem = resets.release_one(s, tracked.current)
+            tracked.current = None
+            if problem:
+                s.problems.append(problem)
+
+
+def _settle(s: LxdSession, tracked: Tracked, keep: Iterable[str]) -> str | None:
+    """Leave one container as it should stay after the session; what went wrong, or None."""
+    if tracked.broken:  # its baseline stays for recovery
+        return tracked.broken
+    if tracked.kept:  # --lxd-reuse: leave it stopped at its baseline for the next run
+        problem = resets.restore(s, tracked) if tracked.dirty else None
+        if problem:
+            return problem
+        if lxdapi.status(s.own, tracked.instance) != lxdapi.STOPPED:
+            lxdapi.set_power(s.own, tracked.instance, "stop")
+        claims.release(s.own, tracked.instance, s.identity)
+        return None
+    if tracked.declared and tracked.name in keep:
+        until = time.time() + s.snapshot_ttl
+        claims.mark_kept(s.own, tracked.instance, until)
+        s.kept.append(f"kept declared container {tracked.name!r} as instance {tracked.instance} (a cleanup hook "
+                      f"asked; `lxdsnap gc` deletes it after {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))})")
+        return None
+    if tracked.declared:
+        lxdapi.delete_owned_instance(s.own, tracked.instance, s.identity)
+        return None
+    if tracked.dirty:  # a readonly test (or an interrupted one) may have changed it
+        if s.turns(tracked):
+            claims.claim(s.client, tracked.instance, s.identity, wait=s.lease_wait)
+        problem = resets.restore(s, tracked)
+        if problem:
+            return problem
+    lxdapi.delete_owned_snapshot(s.client, tracked.instance, tracked.snapshot, s.identity)
+    claims.release(s.client, tracked.instance, s.identity)
+    return None
+
+
+def _last_calls(s: LxdSession) -> list[Leftover]:
+    """Sweep, delete the session's project and lease, then look for leftovers."""
+    sweep(s)
+    if s.own_project is not None:
+        s.notices.extend(line for line in projects.delete(s.client, s.own_project.project, s.identity)
+                         if line.startswith("kept"))
+    if s.planned:  # a peer that died meanwhile (a crashed xdist worker) left its instances too
+        sweep_dead_sessions(s, also_held=[t.instance for t in s.tracked.values() if not t.declared])
+    s.heartbeat.stop()  # alive until here: our last change is done
+    leases.close_lease(s.client, s.identity)
+    return leftovers(s)
 
 
 def sweep(s: LxdSession) -> None:

@@ -152,7 +152,7 @@ def launch_kept(s: LxdSession, spec: ContainerSpec) -> Tracked:
         tags = {**reuse.kept_tags(spec, digest), BUILDING_KEY: s.identity.tag(lxdapi.where(client, instance))}
         try:
             seconds = build(s, spec, instance, tags,  # held while it is built: nobody else deletes it
-                                  lambda: reuse.take_baseline(client, instance, s.snapshot_ttl))
+                            lambda: reuse.take_baseline(client, instance, s.snapshot_ttl))
         except BaseException:
             if lxdapi.instance_exists(client, instance):
                 reuse.delete_kept(client, instance)
@@ -170,7 +170,7 @@ def launch_kept(s: LxdSession, spec: ContainerSpec) -> Tracked:
 
 
 def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str],
-           take_baseline: Callable[[], None]) -> float:
+          take_baseline: Callable[[], None]) -> float:
     """Create ``instance`` from the declaration, provision it, check it, snapshot it; the snapshot's seconds."""
     client = s.own
     if spec.image_remote is not None:
