@@ -7,7 +7,7 @@ DOCS_STAMP := $(VENV)/.docs-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint package docs bench bench-paired bench-transport soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint package docs bench bench-paired bench-transport bench-load soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -73,6 +73,10 @@ bench: setup
 # One suite under two installs of the plugin, alternating (OLD=/path/to/other/venv/bin/python): medians, ratio.
 bench-paired: setup
 	$(BIN)/python benchmarks/paired.py --old $(OLD) --new $(BIN)/python $(BENCH_ARGS)
+
+# What the plugin adds to a suite that marks no test (non-editable install; target <= 50 ms). No daemon needed.
+bench-load: install
+	$(BIN)/python benchmarks/load.py $(BENCH_ARGS)
 
 # HTTPS against the unix socket, for LXD and Incus (connect, exec, in-place reset, clone): medians, ratios.
 bench-transport: setup setup-incus

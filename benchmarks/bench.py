@@ -36,7 +36,8 @@ from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
 from pytest_lxdsnap.lxd.execution import exec_command
-from pytest_lxdsnap.session.core import Checkout, LxdSession, Tracked
+from pytest_lxdsnap.model import Checkout, Tracked
+from pytest_lxdsnap.session.core import LxdSession
 
 PREFIX = "bench-lxdsnap-"  # every instance this script makes (never the plugin's "lxdsnap-" prefix)
 DIR_POOL = "bench-lxdsnap-dir"

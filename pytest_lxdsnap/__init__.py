@@ -1,6 +1,11 @@
-"""pytest-lxdsnap: snapshot real LXD containers before each test and restore them after."""
+"""pytest-lxdsnap: snapshot real LXD containers before each test and restore them after.
 
-from importlib.metadata import PackageNotFoundError, version
+The public API is what this module exports (``__all__``): the handle a test gets (:class:`Container`,
+:class:`Containers`, :class:`ExecResult`), :class:`ContainerSpec` (in hook signatures), and every error.
+The hooks are in :mod:`pytest_lxdsnap.hookspecs`; options, pyproject keys and the ``lxdsnap`` command are
+documented in the docs. Every other module (``session``, ``safety``, ``lxd``, ``host`` and the pytest glue)
+is internal and may change between releases.
+"""
 
 from pytest_lxdsnap.errors import (
     ConfigError,
@@ -8,25 +13,29 @@ from pytest_lxdsnap.errors import (
     ExecError,
     ExecOutputTooLarge,
     ExecTimeout,
+    HookError,
     LxdSnapError,
     LxdUnreachable,
+    OperationFailed,
     OwnershipError,
+    PortError,
     ProvisionError,
     ReadinessError,
     ResetError,
     UndeclaredContainer,
 )
 
-try:
-    __version__ = version("pytest-lxdsnap")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
-    __version__ = "0.0.0"
-
-# these import pylxd or pytest's plugin machinery: loaded on first use
-_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "plugin", "ContainerSpec": "declarations"}
+_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "handle", "ContainerSpec": "declarations"}
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":  # importlib.metadata is slow to import: only when asked
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pytest-lxdsnap")
+        except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+            return "0.0.0"
     if name in _LAZY:
         from importlib import import_module
 
@@ -44,9 +53,12 @@ __all__ = [
     "ExecOutputTooLarge",
     "ExecResult",
     "ExecTimeout",
+    "HookError",
     "LxdSnapError",
     "LxdUnreachable",
+    "OperationFailed",
     "OwnershipError",
+    "PortError",
     "ProvisionError",
     "ReadinessError",
     "ResetError",

@@ -13,14 +13,14 @@ from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.session.strategy import SCOPES, STRATEGIES, check
 
 TABLE = "tool.lxdsnap"
-DEFAULT_SNAPSHOT_TTL = 24 * 3600.0
-"""Seconds after which LXD deletes a plugin snapshot by itself (--lxd-snapshot-ttl)."""
-DEFAULT_PREPARE_AHEAD = 3
-"""Clones of a declared container prepared ahead of the tests (--lxd-prepare-ahead)."""
-DEFAULT_MAX_CLONES = 12
-"""Clones one session keeps at once, all containers together (--lxd-max-clones)."""
-DEFAULT_LEASE_WAIT = 60.0
-"""Seconds to wait for an existing container another live session holds (--lxd-lease-wait)."""
+FINGERPRINT = re.compile(r"^[0-9a-f]{12,64}$")
+"""An image named by (a prefix of) its fingerprint rather than an alias."""
+REMOTES = {
+    "images": ("https://images.linuxcontainers.org", "simplestreams"),
+    "ubuntu": ("https://cloud-images.ubuntu.com/releases", "simplestreams"),
+    "ubuntu-daily": ("https://cloud-images.ubuntu.com/daily", "simplestreams"),
+}
+"""Image servers a ``remote:alias`` image may name (the lxc client's default remotes)."""
 TOP_KEYS = {"containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each"}
 CONTAINER_KEYS = {
     "image": "local image alias or fingerprint (required), or remote:alias",
@@ -36,6 +36,12 @@ CONTAINER_KEYS = {
 }
 DEFAULT_READY_TIMEOUT = 60.0
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
+"""A declared container's name: short, so the names of its clones and kept copies fit LXD's 63 characters."""
+
+
+def is_instance_name(name: str) -> bool:
+    """An existing instance's name as LXD accepts it (a declared name is one too)."""
+    return 0 < len(name) <= 63 and name[0].isalpha() and all(c.isalnum() or c == "-" for c in name)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,12 @@
-"""Errors raised by pytest-lxdsnap. Every message says what to do next."""
+"""Every error pytest-lxdsnap raises, in one place. Every message says what to do next.
+
+All derive from :class:`LxdSnapError` except :class:`OperationFailed` (a fault LXD reported);
+:class:`UndeclaredContainer` is also a :class:`KeyError`, as a mapping's missing key should be.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class LxdSnapError(Exception):
@@ -48,6 +54,14 @@ class ExecOutputTooLarge(ExecError):
     ``result`` holds the output up to the cap."""
 
 
+class PortError(LxdSnapError):
+    """A proxy device for a container port (``Container.expose``) could not be added."""
+
+
+class HookError(LxdSnapError):
+    """A ``pytest_lxdsnap_*`` hook raised, or returned something of the wrong type."""
+
+
 class ReadinessError(LxdSnapError):
     """A declared container's readiness check did not pass within its timeout."""
 
@@ -58,3 +72,12 @@ class UndeclaredContainer(LxdSnapError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""  # KeyError would quote the message
+
+
+class OperationFailed(Exception):
+    """An LXD background operation ended in failure; ``metadata`` is what it reported anyway. A fault of LXD,
+    like pylxd's ``LXDAPIException``, not a plugin error: the plugin turns it into one of the errors above."""
+
+    def __init__(self, message: str, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.metadata = metadata or {}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 
 import pylxd
 from pylxd.models import Instance
 
+from pytest_lxdsnap.errors import UndeclaredContainer
 from pytest_lxdsnap.lxd import execution, ports
 from pytest_lxdsnap.lxd.execution import ExecResult
 from pytest_lxdsnap.lxd.lxdapi import quiet_pylxd, status
@@ -122,3 +123,29 @@ class Container:
 
     def reload(self) -> None:
         """Nothing to refresh: every call asks LXD afresh."""
+
+
+class Containers(Mapping[str, Container]):
+    """What the ``lxd`` fixture returns: ``lxd["web"]`` is the container the marker declared as "web"."""
+
+    def __init__(self, nodeid: str, containers: dict[str, Container]) -> None:
+        self._nodeid = nodeid
+        self._containers = containers
+
+    def __getitem__(self, name: str) -> Container:
+        __tracebackhide__ = True
+        try:
+            return self._containers[name]
+        except KeyError:
+            declared = ", ".join(f'"{n}"' for n in self._containers)
+            wanted = ", ".join(f'"{n}"' for n in [*self._containers, name])
+            raise UndeclaredContainer(
+                f"container {name!r} is not declared for {self._nodeid} (declared: {declared}); "
+                f"add it to the marker: @pytest.mark.lxd({wanted})"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._containers)
+
+    def __len__(self) -> int:
+        return len(self._containers)

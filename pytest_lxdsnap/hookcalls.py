@@ -7,16 +7,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.errors import HookError
 from pytest_lxdsnap.session.strategy import STRATEGIES, check
 
 if TYPE_CHECKING:
     from pytest_lxdsnap.declarations import ContainerSpec
-    from pytest_lxdsnap.session.core import Checkout, LxdSession
-
-
-class HookError(LxdSnapError):
-    """A pytest_lxdsnap_* hook raised, or returned something of the wrong type."""
+    from pytest_lxdsnap.model import Checkout
+    from pytest_lxdsnap.session.core import LxdSession
 
 
 def choose_strategy(item: pytest.Item, name: str, declared: bool, requested: str | None) -> str | None:
@@ -33,16 +30,14 @@ def choose_strategy(item: pytest.Item, name: str, declared: bool, requested: str
 def session_callbacks(config: pytest.Config, lxd: LxdSession) -> tuple[Callable[[ContainerSpec, str], None],
                                                                        Callable[[str, str], None]]:
     """The provision and readiness callbacks the session calls, as hook calls."""
-    from pytest_lxdsnap.handle import Container
-
     def on_provision(spec: ContainerSpec, instance: str) -> None:
-        container = Container(lxd.own, spec.name, instance, disposable=True)
+        container = lxd.container(spec.name, instance)
         _call("pytest_lxdsnap_provision", spec.name, instance,
               lambda: config.hook.pytest_lxdsnap_provision(container=container, spec=spec))
 
     def on_ready(name: str, instance: str) -> None:
         spec = lxd.specs.get(name)
-        container = Container(lxd.client_for(name), name, instance, disposable=spec is not None)
+        container = lxd.container(name, instance)
         _call("pytest_lxdsnap_container_ready", name, instance,
               lambda: config.hook.pytest_lxdsnap_container_ready(container=container, spec=spec))
 
@@ -59,12 +54,9 @@ def _call(hook: str, name: str, instance: str, call: Callable[[], object]) -> No
 
 def around_reset(item: pytest.Item, lxd: LxdSession, checkouts: list[Checkout], keep: set[str]) -> Callable[[], None]:
     """Call before_reset for each checkout about to be reset; the callable to run after the reset."""
-    from pytest_lxdsnap.handle import Container
-
     resetting = [c for c in checkouts if c.tracked.name not in keep]
     for c in resetting:
-        container = Container(lxd.client_for(c.tracked.name), c.tracked.name, c.instance,
-                              disposable=c.tracked.declared)
+        container = lxd.container(c.tracked.name, c.instance)
         item.ihook.pytest_lxdsnap_before_reset(item=item, container=container, strategy=c.strategy)
 
     def after() -> None:
@@ -76,10 +68,7 @@ def around_reset(item: pytest.Item, lxd: LxdSession, checkouts: list[Checkout], 
 
 def cleanup_keep(config: pytest.Config, lxd: LxdSession) -> set[str]:
     """Call pytest_lxdsnap_cleanup; the declared containers its implementations ask to keep."""
-    from pytest_lxdsnap.handle import Container
-
-    containers = {t.name: Container(lxd.client_for(t.name), t.name, t.instance, disposable=t.declared)
-                  for t in lxd.tracked.values()}
+    containers = {t.name: lxd.container(t.name, t.instance) for t in lxd.tracked.values()}
     keep: set[str] = set()
     for result in config.hook.pytest_lxdsnap_cleanup(config=config, containers=containers):
         if result is None:

@@ -12,7 +12,8 @@ import pytest
 if TYPE_CHECKING:
     from _pytest.capture import CaptureManager
 
-    from pytest_lxdsnap.session.core import Leftover, LxdSession, Tracked
+    from pytest_lxdsnap.model import Leftover, Tracked
+    from pytest_lxdsnap.session.core import LxdSession
 
 Line = tuple[str, str]  # (colour: "", "red" or "yellow"; text)
 Row = dict[str, str]  # one container's row of the summary table, by column
@@ -84,13 +85,12 @@ def table(rows: list[Row]) -> list[Line]:
                                            text([row.get(column, "") for column in columns])) for row in rows]
 
 
-def write(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def write(terminalreporter: pytest.TerminalReporter, config: pytest.Config, slowest: int) -> None:
     rows, lines = config.stash.get(ROWS, []), config.stash.get(LINES, [])
     if rows or lines:
         terminalreporter.write_sep("-", "lxdsnap")
         for colour, text in (table(rows) if rows else []) + lines:
             terminalreporter.write_line(text, **({colour: True} if colour else {}))
-    slowest = config.getoption("lxd_durations")
     durations = config.stash.get(DURATIONS, [])
     if slowest and durations:
         terminalreporter.write_sep("-", f"slowest {slowest} lxd resets (time the test waited for clean containers)")

@@ -6,7 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from pytest_lxdsnap.conftest import (
+
+from pytest_lxdsnap.lxd import lxdapi
+
+from .conftest import (
     BACKEND,
     COMMANDS,
     INCUS,
@@ -17,8 +20,6 @@ from pytest_lxdsnap.conftest import (
     snapshot_names,
     user_config,
 )
-
-from pytest_lxdsnap.lxd import lxdapi
 
 
 def instances(client) -> list[dict]:
@@ -199,7 +200,7 @@ def test_bad_option_values_are_usage_errors(suite, option):
 
 
 def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite, make_instance, lxd_client):
-    from pytest_lxdsnap.conftest import lxc
+    from .conftest import lxc
 
     name = make_instance(running=True, snapshot="user-snap")
     moved = f"{name}-moved"

@@ -4,12 +4,13 @@ spread over). One host cannot form a cluster: these check the request and the st
 from __future__ import annotations
 
 import pytest
-from pytest_lxdsnap.conftest import PYPROJECT, TEST_PREFIX, instance_names
 
 from pytest_lxdsnap.declarations import parse_container
 from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
+
+from .conftest import PYPROJECT, TEST_PREFIX, instance_names
 
 
 def test_targets_spread_xdist_workers_over_the_members():

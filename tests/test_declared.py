@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from pytest_lxdsnap.conftest import PYPROJECT, assert_summary, instance_names
 
 from pytest_lxdsnap.lxd import lxdapi
+
+from .conftest import PYPROJECT, assert_summary, instance_names
 
 DECLARED = PYPROJECT + """
 [tool.lxdsnap.containers.web]

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pytest_lxdsnap.conftest import (
+
+from pytest_lxdsnap.lxd import lxdapi
+
+from .conftest import (
     PYPROJECT,
     assert_summary,
     instance_names,
@@ -20,8 +23,6 @@ from pytest_lxdsnap.conftest import (
     snapshot_names,
     user_config,
 )
-
-from pytest_lxdsnap.lxd import lxdapi
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]
@@ -193,7 +194,8 @@ def test_a_wait_strategy_that_times_out_names_the_container(pytester, lxd_client
 def test_a_taken_host_port_is_a_clear_error(pytester, lxd_client, make_instance):
     import socket
 
-    from pytest_lxdsnap.lxd.ports import PortError, expose
+    from pytest_lxdsnap.errors import PortError
+    from pytest_lxdsnap.lxd.ports import expose
 
     name = make_instance()
     with socket.socket() as taken:

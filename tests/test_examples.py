@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pytest_lxdsnap.conftest import assert_summary, summary
+
+from .conftest import assert_summary, summary
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

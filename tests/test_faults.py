@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from pytest_lxdsnap.conftest import (
+
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX, read_tag
+
+from .conftest import (
     BACKEND,
     COMMANDS,
     NEVER_RUNS,
@@ -25,9 +29,6 @@ from pytest_lxdsnap.conftest import (
     snapshot_names,
     user_config,
 )
-
-from pytest_lxdsnap.lxd import lxdapi
-from pytest_lxdsnap.safety.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX, read_tag
 
 DECLARED_WEB = PYPROJECT + '\n[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n'
 

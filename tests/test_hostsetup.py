@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from pylxd.exceptions import NotFound
-from pytest_lxdsnap.conftest import BACKEND, TEST_PREFIX
 
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.host import aptsources, daemons, hostsetup, setupundo, stophook
@@ -24,6 +23,8 @@ from pytest_lxdsnap.host.setupundo import Decision, Seen, decide
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.backends import INCUS, LXD
 from pytest_lxdsnap.lxd.connection import Endpoint
+
+from .conftest import BACKEND, TEST_PREFIX
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEBIAN = f"""Types: deb

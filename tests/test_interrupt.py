@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from pytest_lxdsnap.conftest import assert_summary, lxc_exec_status, snapshot_names, user_config
+from .conftest import assert_summary, lxc_exec_status, snapshot_names, user_config
 
 
 def test_ctrl_c_mid_test_still_resets(suite, make_instance, lxd_client):

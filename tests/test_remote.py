@@ -14,16 +14,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from pytest_lxdsnap.conftest import (
-    PYPROJECT,
-    assert_summary,
-    instance_names,
-    lxc,
-    lxdsnap,
-    make_certificate,
-    snapshot_names,
-    user_config,
-)
 
 from pytest_lxdsnap.errors import LxdUnreachable
 from pytest_lxdsnap.lxd.connection import (
@@ -34,6 +24,17 @@ from pytest_lxdsnap.lxd.connection import (
     https_session,
     pinned_fingerprint,
     trusted_on_first_use,
+)
+
+from .conftest import (
+    PYPROJECT,
+    assert_summary,
+    instance_names,
+    lxc,
+    lxdsnap,
+    make_certificate,
+    snapshot_names,
+    user_config,
 )
 
 DIRTIES = """

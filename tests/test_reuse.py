@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from pylxd.exceptions import LXDAPIException
-from pytest_lxdsnap.conftest import PYPROJECT, TEST_PREFIX, instance_names, lxc
 
 from pytest_lxdsnap.declarations import parse_container
 from pytest_lxdsnap.errors import ConfigError
@@ -25,6 +24,8 @@ from pytest_lxdsnap.safety.ownership import (
 )
 from pytest_lxdsnap.session import reuse
 from pytest_lxdsnap.session.reuse import REUSE_NAME_KEY
+
+from .conftest import PYPROJECT, TEST_PREFIX, instance_names, lxc
 
 DECLARATION = PYPROJECT + """
 [tool.lxdsnap.containers.web]

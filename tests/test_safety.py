@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from pytest_lxdsnap.conftest import lxc, snapshot_names
 
 from pytest_lxdsnap.errors import OwnershipError
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety.ownership import OWNER_KEY, SessionIdentity
+
+from .conftest import lxc, snapshot_names
 
 
 def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, make_instance):
@@ -87,14 +88,16 @@ def test_the_baseline_outlives_a_test_longer_than_its_ttl(lxd_client, make_insta
     import time
 
     from pytest_lxdsnap.lxd.connection import Endpoint
-    from pytest_lxdsnap.session.core import LxdSession, Request
+    from pytest_lxdsnap.model import Request
+    from pytest_lxdsnap.options import Options
+    from pytest_lxdsnap.session.core import LxdSession
 
     def expiry(instance: str, snapshot: str) -> datetime.datetime:
         stamp = lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]
         return datetime.datetime.fromisoformat(stamp)
 
     name = make_instance()
-    session = LxdSession(Endpoint(), {}, snapshot_ttl=3)
+    session = LxdSession(Endpoint(), {}, Options(lxd_snapshot_ttl=3))
     session.connect()
     session.plan([Request(name)])
     (checkout,) = session.acquire((name,))

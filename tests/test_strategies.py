@@ -6,7 +6,10 @@ import secrets
 from pathlib import Path
 
 import pytest
-from pytest_lxdsnap.conftest import (
+
+from pytest_lxdsnap.lxd import lxdapi
+
+from .conftest import (
     COMMANDS,
     PYPROJECT,
     assert_summary,
@@ -15,8 +18,6 @@ from pytest_lxdsnap.conftest import (
     snapshot_names,
     user_config,
 )
-
-from pytest_lxdsnap.lxd import lxdapi
 
 WEB = PYPROJECT + """
 [tool.lxdsnap.containers.web]

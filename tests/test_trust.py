@@ -11,7 +11,13 @@ import sys
 import time
 
 import pytest
-from pytest_lxdsnap.conftest import (
+
+from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.safety import claims, garbage, leases
+from pytest_lxdsnap.safety.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
+
+from .conftest import (
     COMMANDS,
     NEVER_RUNS,
     PYPROJECT,
@@ -25,12 +31,7 @@ from pytest_lxdsnap.conftest import (
     snapshot_names,
     user_config,
 )
-from pytest_lxdsnap.test_faults import DECLARED_WEB, holding_suite, start_session, wait_for
-
-from pytest_lxdsnap.host.image import IMAGE_ALIAS
-from pytest_lxdsnap.lxd import lxdapi
-from pytest_lxdsnap.safety import claims, garbage, leases
-from pytest_lxdsnap.safety.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
+from .test_faults import DECLARED_WEB, holding_suite, start_session, wait_for
 
 
 def throwaway(kind: str) -> str:
@@ -293,7 +294,8 @@ def test_on_zfs_a_reset_lxd_would_refuse_is_never_asked_for(lxd_client, make_ins
     reset before LXD is asked, with the container left as the test left it."""
     from pytest_lxdsnap.errors import ResetError
     from pytest_lxdsnap.lxd.connection import Endpoint
-    from pytest_lxdsnap.session.core import Checkout, LxdSession, Request
+    from pytest_lxdsnap.model import Checkout, Request
+    from pytest_lxdsnap.session.core import LxdSession
 
     name = make_instance()
     session = LxdSession(Endpoint(), {})

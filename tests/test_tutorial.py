@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pytest_lxdsnap.conftest import assert_summary, lxc, lxc_exec_status, snapshot_names, user_config
+
+from .conftest import assert_summary, lxc, lxc_exec_status, snapshot_names, user_config
 
 
 def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_client):

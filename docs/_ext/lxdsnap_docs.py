@@ -3,7 +3,7 @@
 - ``lxdsnap-options``: every pytest option, from ``pytest_lxdsnap.options.OPTIONS`` (name, flag, type,
   default, help, choices, ini); booleans also list their ``--no-`` switch.
 - ``lxdsnap-pyproject-keys``: the ``[tool.lxdsnap]`` keys, from ``declarations.TOP_KEYS`` and ``CONTAINER_KEYS``.
-- ``lxdsnap-marker``: the ``lxd`` marker's signature and its keyword options, as the plugin registers them.
+- ``lxdsnap-marker``: the ``lxd`` marker's signature and its keyword options, from ``pytest_lxdsnap.markers``.
 - ``lxdsnap-strategies``: the reset strategies and scopes, from ``session.strategy``.
 - ``lxdsnap-exception-tree``: the exceptions of ``pytest_lxdsnap.errors`` as a tree by inheritance.
 
@@ -15,7 +15,6 @@ Nothing here restates a default or a help text: a change in the code changes the
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,23 +22,16 @@ from typing import Any
 from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.transforms.post_transforms import SphinxPostTransform
-from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-LOG = logging.getLogger(__name__)
 _CODE = re.compile(r"`([^`]+)`")
 
 
 def load_options() -> Sequence[Any]:
-    """``pytest_lxdsnap.options.OPTIONS``; the stand-in beside this file until that module exists."""
-    try:
-        module = importlib.import_module("pytest_lxdsnap.options")
-    except ModuleNotFoundError as exc:
-        if exc.name != "pytest_lxdsnap.options":
-            raise
-        LOG.info("lxdsnap-options: pytest_lxdsnap.options not there yet, using docs/_ext/options_standin.py")
-        module = importlib.import_module("options_standin")
-    return tuple(module.OPTIONS)
+    """``pytest_lxdsnap.options.OPTIONS``: the one table the plugin registers its options from."""
+    from pytest_lxdsnap.options import OPTIONS
+
+    return tuple(OPTIONS)
 
 
 def inline(text: str) -> list[nodes.Node]:
@@ -148,18 +140,16 @@ class PyprojectKeysDirective(SphinxDirective):
 
 
 class MarkerDirective(SphinxDirective):
-    """The ``lxd`` marker's signature (as ``pytest --markers`` shows it) and its keyword options."""
+    """The ``lxd`` marker's signature (as ``pytest --markers`` shows it) and its keyword options, from
+    ``pytest_lxdsnap.markers``."""
 
     def run(self) -> list[nodes.Node]:
-        try:  # the marker's grammar has a module of its own since the plugin was split
-            plugin = importlib.import_module("pytest_lxdsnap.markers")
-        except ModuleNotFoundError:
-            plugin = importlib.import_module("pytest_lxdsnap.plugin")
+        from pytest_lxdsnap import markers
 
-        signature, _, meaning = plugin.MARKER_HELP.partition(": ")
+        signature, _, meaning = markers.MARKER_HELP.partition(": ")
         block = nodes.literal_block(f"@pytest.mark.{signature}", f"@pytest.mark.{signature}", language="python")
         para = nodes.paragraph("", "", *inline(meaning[:1].upper() + meaning[1:] + "."))
-        rows = [[cell(code(key)), cell(text)] for key, text in plugin.MARKER_OPTIONS.items()]
+        rows = [[cell(code(key)), cell(text)] for key, text in markers.MARKER_OPTIONS.items()]
         return [block, para, table(["keyword", "meaning"], rows, [20, 80])]
 
 

@@ -1,4 +1,5 @@
-"""The ``lxdsnap`` command: ``setup``, ``doctor``, ``gc`` and ``publish`` (the same LXD modules the plugin uses)."""
+"""The ``lxdsnap`` command: ``setup`` (and ``--undo``), ``doctor``, ``gc`` and ``publish`` (the same LXD modules the
+plugin uses)."""
 
 from __future__ import annotations
 

@@ -96,4 +96,4 @@ def import_image(client: object, alias: str = IMAGE_ALIAS, busybox: str = BUSYBO
     with quiet_pylxd():
         image = client.images.create(build_image_tarball(busybox), public=False, wait=True)  # type: ignore[attr-defined]
         image.add_alias(alias, "lxdsnap offline busybox test image")
-    return image.fingerprint
+    return str(image.fingerprint)

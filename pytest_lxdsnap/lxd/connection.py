@@ -9,12 +9,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pytest_lxdsnap.errors import LxdUnreachable
+from pytest_lxdsnap.options import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     import pylxd
     import requests
 
-DEFAULT_TIMEOUT = 120.0
 
 
 LOCAL_SOCKETS = ("/var/snap/lxd/common/lxd/unix.socket", "/var/lib/lxd/unix.socket", "/var/lib/incus/unix.socket")

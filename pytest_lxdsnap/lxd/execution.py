@@ -22,8 +22,8 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from pytest_lxdsnap.errors import ExecError, ExecOutputTooLarge, ExecTimeout
-from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, OperationFailed, api_error, describe, exec_logs, operation_id, wait
+from pytest_lxdsnap.errors import ExecError, ExecOutputTooLarge, ExecTimeout, OperationFailed
+from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, api_error, describe, exec_logs, operation_id, wait
 
 COMMAND_NOT_FOUND = 127
 
@@ -348,7 +348,8 @@ def _read_log(log: Any, cap: int, *, keep: bool) -> tuple[bytes, bool]:
 def read_file(client: pylxd.Client, instance: str, path: str) -> bytes:
     """The bytes of a file in the instance; FileNotFoundError names the instance and path."""
     try:
-        return client.api.instances[instance].files.get(params={"path": path}, is_api=False).content
+        content: bytes = client.api.instances[instance].files.get(params={"path": path}, is_api=False).content
+        return content
     except NotFound:
         raise FileNotFoundError(f"{path} does not exist in {instance}") from None
     except LXDAPIException as exc:

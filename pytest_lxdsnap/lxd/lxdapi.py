@@ -21,8 +21,8 @@ import pylxd
 import requests
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from pytest_lxdsnap.errors import ConfigError, LxdSnapError, OwnershipError
-from pytest_lxdsnap.lxd.connection import DEFAULT_TIMEOUT
+from pytest_lxdsnap.errors import ConfigError, LxdSnapError, OperationFailed, OwnershipError
+from pytest_lxdsnap.options import DEFAULT_TIMEOUT
 from pytest_lxdsnap.safety.ownership import (
     CREATED_KEY,
     INSTANCE_PREFIX,
@@ -36,14 +36,6 @@ from pytest_lxdsnap.safety.ownership import (
 
 RUNNING = "Running"
 STOPPED = "Stopped"
-
-
-class OperationFailed(Exception):
-    """An LXD background operation ended in failure; ``metadata`` is what it reported anyway."""
-
-    def __init__(self, message: str, metadata: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.metadata = metadata or {}
 
 
 LXD_FAULTS: tuple[type[BaseException], ...] = (LXDAPIException, OperationFailed, TimeoutError,
@@ -116,7 +108,7 @@ def wait(client: pylxd.Client, response: Any, timeout: float | None = None) -> d
 
 def operation_id(response: Any) -> str:
     """The id of the background operation an async response started."""
-    return response.json()["operation"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    return str(response.json()["operation"]).split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 BUSY_MESSAGES = ("is busy running", "matching non-reusable operation")
@@ -203,7 +195,8 @@ def server_now(client: pylxd.Client) -> float:
 
 def get_instance(client: pylxd.Client, name: str) -> dict[str, Any]:
     """The instance's record (config, devices, status ...); raises NotFound."""
-    return client.api.instances[name].get().json()["metadata"]
+    record: dict[str, Any] = client.api.instances[name].get().json()["metadata"]
+    return record
 
 
 def instance_exists(client: pylxd.Client, name: str) -> bool:
@@ -215,7 +208,7 @@ def instance_exists(client: pylxd.Client, name: str) -> bool:
 
 
 def status(client: pylxd.Client, name: str) -> str:
-    return client.api.instances[name].state.get().json()["metadata"]["status"]
+    return str(client.api.instances[name].state.get().json()["metadata"]["status"])
 
 
 def set_power(client: pylxd.Client, name: str, action: str, *, timeout: float = 60) -> None:
@@ -344,7 +337,7 @@ def delete_owned_instance(client: pylxd.Client, name: str, identity: SessionIden
 
 
 def is_incus(client: pylxd.Client) -> bool:
-    return client.host_info.get("environment", {}).get("server") == "incus"
+    return bool(client.host_info.get("environment", {}).get("server") == "incus")
 
 
 def exec_logs(client: pylxd.Client, name: str) -> Any:

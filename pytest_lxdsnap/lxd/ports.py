@@ -9,7 +9,7 @@ from typing import Any
 import pylxd
 from pylxd.exceptions import LXDAPIException
 
-from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.errors import OperationFailed, PortError
 from pytest_lxdsnap.lxd import lxdapi
 
 HOST = "127.0.0.1"
@@ -17,14 +17,11 @@ DEVICE_PREFIX = "lxdsnap-port-"
 _DOCKER_STATUS = {"Running": "running", "Stopped": "exited", "Frozen": "paused"}
 
 
-class PortError(LxdSnapError):
-    """A proxy device for a container port could not be added."""
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def expose(client: pylxd.Client, instance: str, name: str, port: int, host_port: int | None = None) -> int:
@@ -44,7 +41,7 @@ def expose(client: pylxd.Client, instance: str, name: str, port: int, host_port:
     try:
         lxdapi.when_idle(lambda: lxdapi.wait(client, node.patch(json={"devices": devices},
                                                                  headers={"If-Match": response.headers["ETag"]})))
-    except (LXDAPIException, lxdapi.OperationFailed) as exc:
+    except (LXDAPIException, OperationFailed) as exc:
         text = lxdapi.describe(exc)
         hint = (f"host port {chosen} is already taken on {HOST}; pick another or free it"
                 if "address already in use" in text.lower() else "see the LXD error above")
@@ -66,7 +63,8 @@ def remove_all(client: pylxd.Client, instance: str) -> None:
 
 def console_log(client: pylxd.Client, instance: str) -> bytes:
     try:
-        return client.api.instances[instance].console.get(is_api=False).content
+        log: bytes = client.api.instances[instance].console.get(is_api=False).content
+        return log
     except LXDAPIException:
         return b""
 
@@ -87,4 +85,4 @@ class WrappedInstance:
 
     @property
     def status(self) -> str:
-        return self.attrs["State"]["Status"]
+        return str(self.attrs["State"]["Status"])

@@ -51,7 +51,7 @@ def image_fingerprint(client: pylxd.Client, image: str) -> str:
     if ":" in image:
         return image
     try:
-        return client.api.images.aliases[image].get().json()["metadata"]["target"]
+        return str(client.api.images.aliases[image].get().json()["metadata"]["target"])
     except NotFound:
         return image  # a fingerprint (prefix) already
 
