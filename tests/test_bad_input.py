@@ -9,7 +9,7 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import (
+from .helpers import (
     BACKEND,
     COMMANDS,
     INCUS,
@@ -200,7 +200,7 @@ def test_bad_option_values_are_usage_errors(suite, option):
 
 
 def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite, make_instance, lxd_client):
-    from .conftest import lxc
+    from .helpers import lxc
 
     name = make_instance(running=True, snapshot="user-snap")
     moved = f"{name}-moved"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .conftest import lxdsnap
+from .helpers import lxdsnap
 
 
 def test_doctor_reports_a_ready_host(lxd_client):

@@ -10,7 +10,7 @@ from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import PYPROJECT, TEST_PREFIX, instance_names
+from .helpers import PYPROJECT, TEST_PREFIX, instance_names
 
 
 def test_targets_spread_xdist_workers_over_the_members():

@@ -6,7 +6,7 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import PYPROJECT, assert_summary, instance_names
+from .helpers import PYPROJECT, assert_summary, instance_names
 
 DECLARED = PYPROJECT + """
 [tool.lxdsnap.containers.web]

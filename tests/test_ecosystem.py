@@ -14,7 +14,7 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import (
+from .helpers import (
     PYPROJECT,
     assert_summary,
     instance_names,

@@ -15,7 +15,7 @@ import pytest
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety.ownership import KEPT_KEY, OWNER_KEY, SESSION_PROFILE_PREFIX, read_tag
 
-from .conftest import (
+from .helpers import (
     BACKEND,
     COMMANDS,
     NEVER_RUNS,

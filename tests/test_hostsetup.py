@@ -24,7 +24,7 @@ from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.backends import INCUS, LXD
 from pytest_lxdsnap.lxd.connection import Endpoint
 
-from .conftest import BACKEND, TEST_PREFIX
+from .helpers import BACKEND, TEST_PREFIX
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEBIAN = f"""Types: deb

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from .conftest import assert_summary, lxc_exec_status, snapshot_names, user_config
+from .helpers import assert_summary, lxc_exec_status, snapshot_names, user_config
 
 
 def test_ctrl_c_mid_test_still_resets(suite, make_instance, lxd_client):

@@ -11,7 +11,7 @@ from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi, projects
 from pytest_lxdsnap.safety.ownership import CREATED_KEY, KEPT_KEY, SessionIdentity
 
-from .conftest import PYPROJECT, assert_summary, lxc, lxdsnap, snapshot_names, user_config
+from .helpers import PYPROJECT, assert_summary, lxc, lxdsnap, snapshot_names, user_config
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pytest_lxdsnap.lxd.connection import (
     trusted_on_first_use,
 )
 
-from .conftest import (
+from .helpers import (
     PYPROJECT,
     assert_summary,
     instance_names,

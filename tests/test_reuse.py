@@ -25,7 +25,7 @@ from pytest_lxdsnap.safety.ownership import (
 from pytest_lxdsnap.session import reuse
 from pytest_lxdsnap.session.reuse import REUSE_NAME_KEY
 
-from .conftest import PYPROJECT, TEST_PREFIX, instance_names, lxc
+from .helpers import PYPROJECT, TEST_PREFIX, instance_names, lxc
 
 DECLARATION = PYPROJECT + """
 [tool.lxdsnap.containers.web]

@@ -10,7 +10,7 @@ from pytest_lxdsnap.errors import OwnershipError
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety.ownership import OWNER_KEY, SessionIdentity
 
-from .conftest import lxc, snapshot_names
+from .helpers import lxc, snapshot_names
 
 
 def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, make_instance):

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import (
+from .helpers import (
     COMMANDS,
     PYPROJECT,
     assert_summary,

@@ -17,7 +17,7 @@ from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety import claims, garbage, leases
 from pytest_lxdsnap.safety.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
 
-from .conftest import (
+from .helpers import (
     COMMANDS,
     NEVER_RUNS,
     PYPROJECT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import assert_summary, lxc, lxc_exec_status, snapshot_names, user_config
+from .helpers import assert_summary, lxc, lxc_exec_status, snapshot_names, user_config
 
 
 def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_client):
