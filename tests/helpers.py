@@ -110,9 +110,9 @@ def lxdsnap_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest_lxdsnap.host.cli", *args]
 
 
-def lxdsnap(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the lxdsnap command against the suite's daemon."""
-    return subprocess.run(lxdsnap_argv(*args), capture_output=True, text=True, timeout=timeout)
+def lxdsnap(*args: str, env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the lxdsnap command against the suite's daemon (in ``env``, by default this process's)."""
+    return subprocess.run(lxdsnap_argv(*args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def run_command(line: str) -> str:

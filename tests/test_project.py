@@ -120,22 +120,6 @@ def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
 
 
 
-def test_reuse_needs_a_named_project(suite):
-    suite.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
-    suite.makepyfile("""
-        import pytest
-
-        @pytest.mark.lxd("web")
-        def test_it(lxd):
-            pass
-    """)
-    result = suite.runpytest("--lxd-project", "auto", "--lxd-reuse")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --lxd-reuse keeps declared containers between runs, but --lxd-project auto "
-                                 "deletes the session's project at the end: name a project (--lxd-project NAME)*"])
-    assert session_projects() == []
-
-
 def test_an_auto_project_kept_for_failed_states_goes_once_they_expire(pytester, lxd_client):
     pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
     pytester.makepyfile("""

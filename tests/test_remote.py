@@ -165,19 +165,6 @@ def test_an_unreachable_endpoint_names_it(pytester, https_lxd):
     assert "LXD is not reachable at HTTPS endpoint https://127.0.0.1:1" in message
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-cert=/nonexistent.crt", "--lxd-key=/x.key"],
-     "--lxd-cert /nonexistent.crt: no such readable file"),
-    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-cert=/etc/hostname"],
-     "--lxd-cert and --lxd-key go together"),
-    (["--lxd-server-cert=/etc/hostname"], "--lxd-server-cert only apply to an https:// --lxd-endpoint"),
-    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-insecure", "--lxd-server-cert=/etc/hostname"],
-     "--lxd-insecure turns verification off, --lxd-server-cert pins the server: choose one"),
-])
-def test_tls_options_that_do_not_fit_together(pytester, args, expected):
-    assert expected in usage_error(pytester, *args)
-
-
 def test_a_refused_tls_handshake_names_the_endpoint(pytester, https_lxd):
     with socket.socket() as server:  # on loopback: accepts, then hangs up before any TLS is spoken
         server.bind(("127.0.0.1", 0))

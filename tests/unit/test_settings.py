@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lxdsnap.declarations import ContainerSpec, load, parse_table
+from pytest_lxdsnap.declarations import ContainerSpec, load, parse_container, parse_table
 from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.safety.ownership import SessionIdentity, read_tag
 
@@ -48,3 +48,16 @@ def test_session_tag_round_trip_and_foreign_values():
         assert read_tag(junk) is None
     with pytest.raises(ValueError, match="invalid snapshot label"):
         me.snapshot_name("Bad Label")
+
+
+def test_targets_spread_xdist_workers_over_the_members():
+    spec = parse_container("web", {"image": "x", "target": ["m1", "m2", "m3"]})
+    assert [spec.target_for(worker) for worker in range(5)] == ["m1", "m2", "m3", "m1", "m2"]
+    assert parse_container("web", {"image": "x", "target": "m1"}).target_for(7) == "m1"
+    assert parse_container("web", {"image": "x"}).target_for(0) is None
+
+
+@pytest.mark.parametrize("bad", [[], "", ["m1", ""], 3, [3]])
+def test_a_bad_target_names_the_key(bad):
+    with pytest.raises(ConfigError, match=r"\[tool.lxdsnap.containers.web\] target: expected"):
+        parse_container("web", {"image": "x", "target": bad})
