@@ -39,15 +39,6 @@ from pytest_lxdsnap.safety.ownership import (
     holder_at,
 )
 
-__all__ = [
-    "BACKEND", "COMMANDS", "DECLARED_WEB", "HTTPS_ADDRESS", "INCUS", "NEVER_RUNS", "PYPROJECT", "TEST_PREFIX",
-    "AsFound", "Footprint", "Holding", "Https", "as_found", "assert_left_as_found", "assert_summary", "declare",
-    "footprint", "holding_session", "holding_suite", "instance_names", "left_since", "lxc", "lxc_exec_status",
-    "lxdsnap", "lxdsnap_argv", "make_certificate", "plugin_leftovers", "recovery_snapshots", "run_command",
-    "session_profiles", "snapshot_names", "start_session", "suite_certificates", "summary", "throwaway_name",
-    "user_config", "wait_for",
-]
-
 HTTPS_ADDRESS = "127.0.0.1:8443"  # loopback only; set for the TLS tests when the daemon has no address
 TEST_PREFIX = "t-lxdsnap-"  # instances the self-tests create; never the plugin's "lxdsnap-" prefix
 BACKEND = BACKENDS[os.environ.get("LXDSNAP_BACKEND", "lxd")]  # the daemon the suite runs against: lxd or incus
@@ -235,17 +226,12 @@ def assert_summary(output: object, container: str, **cells: str) -> None:
 # ----------------------------------------------------------------------- a live session in its own process
 
 
-def start_session(path: Path, *args: str, output: Path | None = None) -> subprocess.Popen[str]:
-    """A pytest session in ``path`` as its own process (Ctrl-C and kill -9 reach it alone); its output comes
-    from ``communicate()``, or goes to the file ``output`` (to read it while the session runs)."""
-    sink = output.open("w") if output is not None else subprocess.PIPE
-    try:
-        return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
-                                stdout=sink, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    finally:
-        if output is not None:
-            sink.close()  # type: ignore[union-attr]
+def start_session(path: Path, *args: str) -> subprocess.Popen[str]:
+    """A pytest session in ``path`` as its own process (Ctrl-C and kill -9 reach it alone); its output (stdout
+    and stderr) comes from ``communicate()``."""
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(flag: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
@@ -357,6 +343,20 @@ def plugin_leftovers(client: pylxd.Client) -> list[str]:
     return found
 
 
+def traces_of(client: pylxd.Client, token: str) -> list[str]:
+    """Whatever in LXD still carries a session's token: instances named for it or tagged by it (any lxdsnap key),
+    its lease profile, its projects (a session names what it makes, and tags what it holds, with its token)."""
+    found = []
+    for record in lxdapi.listing(client.api.instances):
+        keys = [k for k, v in (record.get("config") or {}).items() if k.startswith("user.lxdsnap.") and token in v]
+        if token in record["name"] or keys:
+            found.append(f"instance {record['name']}" + (f" ({', '.join(keys)})" if keys else ""))
+    found += [f"profile {p['name']}" for p in lxdapi.listing(client.api.profiles) if token in p["name"]]
+    found += [f"project {p['name']}" for p in lxdapi.listing(client.api.projects)
+              if token in p["name"] or any(token in str(v) for v in (p.get("config") or {}).values())]
+    return found
+
+
 Footprint = dict[str, "SessionIdentity | None"]
 """What a test could leave, by description ("instance lxdsnap-web-ab12"), with the session whose tag it carries."""
 
@@ -424,6 +424,24 @@ def left_since(client: pylxd.Client, before: Footprint) -> list[str]:
                 what += f" (snapshots: {', '.join(snapshots)})" if snapshots else ""
         left.append(what)
     return left
+
+
+# ---------------------------------------------------------------------------------------------- protocols
+
+
+def protocol_members(protocol: type) -> dict[str, Any]:
+    """Every member a Protocol class declares (its own and its protocol bases'): methods, properties and annotated
+    attributes (None), by name."""
+    members: dict[str, Any] = {}
+    for klass in reversed(protocol.__mro__):
+        if not getattr(klass, "_is_protocol", False) or klass.__name__ in ("Protocol", "Generic"):
+            continue
+        for name in getattr(klass, "__annotations__", {}):
+            members.setdefault(name, None)  # an attribute: any value will do
+        for name, value in vars(klass).items():
+            if not name.startswith("_"):
+                members[name] = value
+    return members
 
 
 # ------------------------------------------------------------------------------------------ TLS certificates

@@ -12,11 +12,11 @@ from .helpers import (
     INCUS,
     NEVER_RUNS,
     PYPROJECT,
+    as_found,
+    assert_left_as_found,
+    declare,
     instance_names,
     lxdsnap,
-    recovery_snapshots,
-    snapshot_names,
-    user_config,
 )
 
 
@@ -96,7 +96,7 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
 
     name = make_instance(running=True, snapshot="user-snap")
     moved = f"{name}-moved"
-    before = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     suite.makepyfile(f"""
         import subprocess
         import pytest
@@ -124,8 +124,7 @@ def test_reset_failure_names_instance_and_snapshot_and_keeps_the_snapshot(suite,
         assert done.returncode == 0, done.stdout + done.stderr
         recovered = done.stdout
         assert f"restored {name} from lxdsnap-" in recovered
-        assert user_config(lxd_client, name) == before
-        assert snapshot_names(lxd_client, name) == ["user-snap", *recovery_snapshots(lxd_client, name)]
+        assert_left_as_found(lxd_client, name, found, recovered=None)
     finally:
         if name not in lxc("list", "--format", "csv", "-c", "n").split():
             lxc("delete", "--force", moved)
@@ -136,11 +135,7 @@ def test_a_config_key_only_the_other_daemon_knows_is_named_with_this_ones_name(p
     lxd_name, incus_name = "security.devlxd", "security.guestapi"
     key, ours = (lxd_name, incus_name) if BACKEND is INCUS else (incus_name, lxd_name)
     before = instance_names(lxd_client)
-    pytester.makefile(".toml", pyproject=PYPROJECT + f"""
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-config = {{ "{key}" = "false" }}
-""")
+    pytester.makefile(".toml", pyproject=PYPROJECT + declare("web", config={key: "false"}))
     pytester.makepyfile(NEVER_RUNS.format(name="web"))
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)

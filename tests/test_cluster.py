@@ -9,13 +9,12 @@ from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 
-from .helpers import PYPROJECT, TEST_PREFIX, instance_names
+from .helpers import DECLARED_WEB, TEST_PREFIX, instance_names
 
 
 def test_a_target_on_a_standalone_server_is_refused_before_anything_is_created(suite, lxd_client):
     before = instance_names(lxd_client)
-    suite.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n'
-                   'target = ["member1", "member2"]\n')
+    suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = ["member1", "member2"]\n')
     suite.makepyfile("""
         import pytest
 

@@ -28,13 +28,14 @@ from pytest_lxdsnap.lxd.connection import (
 
 from .helpers import (
     PYPROJECT,
+    as_found,
+    assert_left_as_found,
     assert_summary,
+    declare,
     instance_names,
     lxc,
     lxdsnap,
     make_certificate,
-    snapshot_names,
-    user_config,
 )
 
 DIRTIES = """
@@ -52,17 +53,13 @@ def test_dirty(lxd, i):
         container.write_text("/root/dirty", str(i))
     assert lxd["{name}"].exec(["cat", "/root/dirty"]).stdout == str(i)
 """
-WEB = PYPROJECT + """
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-provision = ["touch /root/provisioned"]
-"""
+WEB = PYPROJECT + declare("web", provision=["touch /root/provisioned"])
 
 
 def test_the_tutorial_scenario_runs_over_https_with_the_server_pinned(pytester, https_lxd, lxd_client,
                                                                       make_instance, monkeypatch):
     name = make_instance(snapshot="user-snap")
-    found, before = user_config(lxd_client, name), instance_names(lxd_client)
+    found, before = as_found(lxd_client, name), instance_names(lxd_client)
     # the trap: requests would let these override the pinned server certificate
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
@@ -73,8 +70,7 @@ def test_the_tutorial_scenario_runs_over_https_with_the_server_pinned(pytester, 
     assert_summary(result, name, kind="existing", resets="3", leftovers="0")
     assert_summary(result, "web", kind="declared", resets="3", leftovers="0")
     assert instance_names(lxd_client) == before
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found)
     assert lxc("exec", name, "--", "ls", "/root") == ""
 
 

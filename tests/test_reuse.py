@@ -18,13 +18,10 @@ from pytest_lxdsnap.safety.ownership import (
 from pytest_lxdsnap.session import reuse
 from pytest_lxdsnap.session.reuse import REUSE_NAME_KEY
 
-from .helpers import PYPROJECT, TEST_PREFIX, instance_names, lxc, lxdsnap
+from .helpers import PYPROJECT, TEST_PREFIX, declare, instance_names, lxc, lxdsnap
 
-DECLARATION = PYPROJECT + """
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-provision = ["head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\\\n' > /root/build-id"]
-"""
+BUILD_ID = r"head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n' > /root/build-id"
+DECLARATION = PYPROJECT + declare("web", provision=[BUILD_ID])
 
 TESTS = """
 import pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from pytest_lxdsnap.errors import OwnershipError
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety.ownership import OWNER_KEY, SessionIdentity
 
-from .helpers import lxc, snapshot_names
+from .helpers import as_found, assert_left_as_found, lxc, snapshot_names
 
 
 def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, make_instance):
@@ -84,27 +85,40 @@ def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, 
 
 
 def test_the_baseline_outlives_a_test_longer_than_its_ttl(lxd_client, make_instance):
-    """The heartbeat pushes a baseline's expiry on while a test runs (a long test, --pdb), with no reset."""
-    import time
-
+    """The heartbeat pushes a baseline's expiry on while a test runs (a long test, --pdb), with no reset: watched
+    until the expiry first set has passed on the server's clock, the snapshot is there and never due."""
     from pytest_lxdsnap.lxd.connection import Endpoint
     from pytest_lxdsnap.model import Request
     from pytest_lxdsnap.options import Options
     from pytest_lxdsnap.session.core import LxdSession
 
-    def expiry(instance: str, snapshot: str) -> datetime.datetime:
-        stamp = lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]
-        return datetime.datetime.fromisoformat(stamp)
+    ttl = 2.0
+
+    def expiry(instance: str, snapshot: str) -> tuple[float, float]:
+        """The snapshot's expiry, and the server's clock when it answered."""
+        response = lxd_client.api.instances[instance].snapshots[snapshot].get()
+        stamp = datetime.datetime.fromisoformat(response.json()["metadata"]["expires_at"]).timestamp()
+        return stamp, lxdapi.response_time(response)
 
     name = make_instance()
-    session = LxdSession(Endpoint(), {}, Options(lxd_snapshot_ttl=3))
+    found = as_found(lxd_client, name)
+    session = LxdSession(Endpoint(), {}, Options(lxd_snapshot_ttl=ttl))
     session.connect()
     session.plan([Request(name)])
     (checkout,) = session.acquire((name,))
-    first = expiry(name, checkout.tracked.snapshot)
-    time.sleep(4)  # longer than the TTL: without the heartbeat LXD may prune it at its next sweep
-    now = datetime.datetime.now(datetime.UTC)
-    assert first < now < expiry(name, checkout.tracked.snapshot), "the baseline's expiry was not pushed on"
+    snapshot = checkout.tracked.snapshot
+    first, now = expiry(name, snapshot)
+    assert first - now <= ttl + 1, "the baseline's first expiry is not a TTL away"
+    pushes = [first]
+    deadline = time.monotonic() + 10 * ttl
+    while now <= first + 1:  # until the first expiry is well behind us, by the server's clock (to a second)
+        assert time.monotonic() < deadline, f"the server's clock never passed the first expiry: {pushes}"
+        until, now = expiry(name, snapshot)  # NotFound here: LXD had it expire
+        assert until > now, f"the baseline is due ({until} <= {now}): its expiry was not pushed on"
+        if until != pushes[-1]:
+            pushes.append(until)
+        time.sleep(0.1)
+    assert len(pushes) >= 2 and pushes == sorted(pushes), pushes  # pushed on, never back
     session.release([checkout])
     assert session.finish() == []
-    assert snapshot_names(lxd_client, name) == []
+    assert_left_as_found(lxd_client, name, found)

@@ -16,6 +16,8 @@ from pytest_lxdsnap.errors import LxdSnapError, UndeclaredContainer
 from pytest_lxdsnap.handle import Container, Containers
 from pytest_lxdsnap.lxd import ports
 
+from ..helpers import protocol_members
+
 NODEID = "tests/test_app.py::test_it"
 
 
@@ -54,21 +56,6 @@ def test_the_declared_containers_are_a_read_only_mapping_in_marker_order():
 
 
 # -- testcontainers' WaitStrategyTarget ----------------------------------------------------------------------------
-
-def protocol_members(protocol: type) -> dict[str, Any]:
-    """Every member a Protocol class declares (its own and its protocol bases'): methods, properties and annotated
-    attributes, by name."""
-    members: dict[str, Any] = {}
-    for klass in reversed(protocol.__mro__):
-        if not getattr(klass, "_is_protocol", False) or klass is typing.Protocol:
-            continue
-        for name in getattr(klass, "__annotations__", {}):
-            members.setdefault(name, None)  # an attribute: any value will do
-        for name, value in vars(klass).items():
-            if not name.startswith("_"):
-                members[name] = value
-    return members
-
 
 MEMBERS = protocol_members(WaitStrategyTarget)
 
