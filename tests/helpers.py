@@ -274,6 +274,21 @@ def holding_suite(path: Path, names: list[str], tag: str = "") -> tuple[Path, Pa
     return flag, release
 
 
+def stop_session(proc: subprocess.Popen[str], grace: float = 60) -> str:
+    """End a session started with :func:`start_session` that may still run: SIGTERM first (the plugin resets and
+    cleans up as on Ctrl-C), SIGKILL after ``grace`` seconds; what it printed that was not read yet."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if proc.stdout is None or proc.stdout.closed:
+        proc.wait()
+        return ""
+    return proc.communicate(timeout=grace)[0] or ""
+
+
 @dataclass
 class Holding:
     """A session holding containers in its test (see :func:`holding_session`)."""
@@ -304,16 +319,15 @@ class Holding:
 @contextlib.contextmanager
 def holding_session(path: Path, names: list[str], *args: str, tag: str = "") -> Iterator[Holding]:
     """A live pytest session in ``path`` (its own process) whose test holds ``names`` dirty: entered once the
-    test holds them; ``release()`` lets it end. Whatever happens, the session is killed on the way out."""
+    test holds them; ``release()`` lets it end. A session still running on the way out (a failed assertion) is
+    stopped with SIGTERM, so it cleans up, and killed only if it does not."""
     flag, release = holding_suite(path, names, tag)
     proc = start_session(path, *args)
     try:
         wait_for(flag, proc)
         yield Holding(proc, release)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        stop_session(proc)
 
 
 # -------------------------------------------------------------------------------------------------- leftovers

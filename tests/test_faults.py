@@ -16,7 +16,15 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.connection import default_socket
-from pytest_lxdsnap.safety.ownership import KEPT_KEY, OWNER_KEY, read_tag
+from pytest_lxdsnap.safety.ownership import (
+    KEPT_KEY,
+    LEASE_KEY,
+    LEASE_SECONDS,
+    OWNER_KEY,
+    SESSION_PROFILE_PREFIX,
+    holder_at,
+    read_tag,
+)
 
 from .helpers import (
     BACKEND,
@@ -35,6 +43,7 @@ from .helpers import (
     run_command,
     snapshot_names,
     start_session,
+    stop_session,
     throwaway_name,
     wait_for,
 )
@@ -178,7 +187,7 @@ def test_gets_it_clean_after_the_first(lxd):
         try:
             deadline = time.monotonic() + 60
             while len(verdicts(log)) < 2:  # it is waiting: it found the first alive, slept, and looked again
-                assert waiting.poll() is None, f"the second session ended:\n{waiting.communicate()[0]}"
+                assert waiting.poll() is None, f"the second session ended:\n{stop_session(waiting)}"
                 assert time.monotonic() < deadline, f"the second session never waited for it: {verdicts(log)}"
                 time.sleep(0.05)
             holder = read_tag(lxdapi.get_instance(lxd_client, name)["config"][OWNER_KEY])
@@ -187,8 +196,7 @@ def test_gets_it_clean_after_the_first(lxd):
             out_first = first.release()
             out_second, _ = waiting.communicate(timeout=120)
         finally:
-            waiting.kill()
-            waiting.communicate()
+            stop_session(waiting)
     assert first.returncode == 0, out_first
     assert waiting.returncode == 0, out_second
     seen = verdicts(log)
@@ -252,6 +260,27 @@ def daemon_fault_suite(pytester: pytest.Pytester, name: str) -> tuple[Path, Path
     return ready, fault
 
 
+def lease_renewed(client, pid: int) -> float:
+    """When the session ``pid`` last opened or renewed its lease (the server's clock, to a second)."""
+    for profile in lxdapi.listing(client.api.profiles):
+        holder = holder_at(profile.get("config") or {}, f"profile:{profile['name']}")
+        if profile["name"].startswith(SESSION_PROFILE_PREFIX) and holder is not None and holder.pid == pid:
+            return float(profile["config"][LEASE_KEY]) - LEASE_SECONDS
+    raise AssertionError(f"session {pid} holds no lease")
+
+
+def quiet_for(client, proc: subprocess.Popen[str], seconds: float) -> None:
+    """Return at a moment when the session's lease renewal (every LEASE_SECONDS / 6, on its own thread, with its
+    own request timeout) will not fall due within ``seconds``: at once, or right after the next renewal."""
+    renewed = lease_renewed(client, proc.pid)
+    if time.time() + seconds + 2 < renewed + LEASE_SECONDS / 6:
+        return
+    deadline = time.monotonic() + LEASE_SECONDS / 3
+    while lease_renewed(client, proc.pid) == renewed:
+        assert proc.poll() is None and time.monotonic() < deadline, "the session's lease was never renewed"
+        time.sleep(0.2)
+
+
 def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance, lxd_client):
     name = make_instance()
     found = as_found(lxd_client, name)
@@ -259,8 +288,10 @@ def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance
     timeout = 3.0
     proc = start_session(pytester.path, f"--lxd-timeout={timeout:g}")
     daemon = lxd_daemon_pid()
+    gave_up = 3  # calls that must give up: the test's exec, the reset, the check for leftovers
     try:
         wait_for(ready, proc)
+        quiet_for(lxd_client, proc, gave_up * timeout)  # a renewal in flight would add its own timeout (see below)
         os.kill(daemon, signal.SIGSTOP)
         flag.touch()
         started = time.monotonic()
@@ -272,14 +303,15 @@ def test_a_hung_daemon_errors_the_test_and_nothing_hangs(pytester, make_instance
         proc.communicate()
     assert proc.returncode == 1, output
     timed_out = f"Read timed out. (read timeout={timeout})"
-    gave_up = [f"LXD stopped answering while running true in {name}: *{timed_out}*",  # the test's exec
-               f"resetting container '{name}' (instance {name}) to snapshot lxdsnap-*-base failed: *{timed_out}",
-               f"PROBLEM could not check LXD for leftovers: *{timed_out}*"]  # the cleanup
-    pytest.LineMatcher(output.splitlines()).fnmatch_lines([f"*{line}" for line in gave_up])
-    # the session exits once each of those three calls has waited out --lxd-timeout, and no longer: a wait on
-    # anything else (a lease, LXD's 120 s default, an operation) would show here
-    assert len(gave_up) * timeout - 0.5 <= took < len(gave_up) * timeout + 3, (
-        f"the session took {took:.1f} s to give up, not {len(gave_up)} x {timeout:g} s:\n{output}")
+    pytest.LineMatcher(output.splitlines()).fnmatch_lines([
+        f"*LXD stopped answering while running true in {name}: *{timed_out}*",
+        f"*resetting container '{name}' (instance {name}) to snapshot lxdsnap-*-base failed: *{timed_out}",
+        f"*PROBLEM could not check LXD for leftovers: *{timed_out}*",
+    ])
+    # the session exits once each of those calls has waited out --lxd-timeout, and no longer: a wait on anything
+    # else (a lease, LXD's 120 s default, an operation, a lease renewal in flight) would show here
+    assert gave_up * timeout - 0.5 <= took < gave_up * timeout + 3, (
+        f"the session took {took:.1f} s to give up, not {gave_up} x {timeout:g} s:\n{output}")
     done = lxdsnap("gc")  # the daemon is back and the session is gone: gc puts it right
     assert done.returncode == 0, done.stdout + done.stderr
     assert_left_as_found(lxd_client, name, found, recovered=None)

@@ -104,21 +104,24 @@ def test_the_baseline_outlives_a_test_longer_than_its_ttl(lxd_client, make_insta
     found = as_found(lxd_client, name)
     session = LxdSession(Endpoint(), {}, Options(lxd_snapshot_ttl=ttl))
     session.connect()
-    session.plan([Request(name)])
-    (checkout,) = session.acquire((name,))
-    snapshot = checkout.tracked.snapshot
-    first, now = expiry(name, snapshot)
-    assert first - now <= ttl + 1, "the baseline's first expiry is not a TTL away"
-    pushes = [first]
-    deadline = time.monotonic() + 10 * ttl
-    while now <= first + 1:  # until the first expiry is well behind us, by the server's clock (to a second)
-        assert time.monotonic() < deadline, f"the server's clock never passed the first expiry: {pushes}"
-        until, now = expiry(name, snapshot)  # NotFound here: LXD had it expire
-        assert until > now, f"the baseline is due ({until} <= {now}): its expiry was not pushed on"
-        if until != pushes[-1]:
-            pushes.append(until)
-        time.sleep(0.1)
-    assert len(pushes) >= 2 and pushes == sorted(pushes), pushes  # pushed on, never back
-    session.release([checkout])
-    assert session.finish() == []
+    try:
+        session.plan([Request(name)])
+        (checkout,) = session.acquire((name,))
+        snapshot = checkout.tracked.snapshot
+        first, now = expiry(name, snapshot)
+        assert first - now <= ttl + 1, "the baseline's first expiry is not a TTL away"
+        pushes = [first]
+        deadline = time.monotonic() + 10 * ttl
+        while now <= first + 1:  # until the first expiry is well behind us, by the server's clock (to a second)
+            assert time.monotonic() < deadline, f"the server's clock never passed the first expiry: {pushes}"
+            until, now = expiry(name, snapshot)  # NotFound here: LXD had it expire
+            assert until > now, f"the baseline is due ({until} <= {now}): its expiry was not pushed on"
+            if until != pushes[-1]:
+                pushes.append(until)
+            time.sleep(0.1)
+        assert len(pushes) >= 2 and pushes == sorted(pushes), pushes  # pushed on, never back
+        session.release([checkout])
+    finally:
+        leftovers = session.finish()  # also when an assertion failed: no lease or claim outlives the test
+    assert leftovers == []
     assert_left_as_found(lxd_client, name, found)
