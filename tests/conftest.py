@@ -131,7 +131,9 @@ def checking_client(config: pytest.Config) -> pylxd.Client | None:
 @pytest.fixture(autouse=True)
 def _left_by_this_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test (and every fixture's teardown: this one is set up first), what it made on the daemon and
-    left there fails it by name. Three listings before and three after (a snapshot listing more per leftover)."""
+    left there fails it by name: instances, lxdsnap keys, lease profiles and projects that were not there before.
+    Only this run's count (names throwaway_name() gave out here; tags of this process, of one it started, or of a
+    session that is gone): other runs may share the daemon. Three listings before and three after the test."""
     client = checking_client(request.config)
     before = footprint(client) if client is not None else None
     yield
