@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .conftest import lxdsnap
+from .helpers import lxdsnap
 
 
 def test_doctor_reports_a_ready_host(lxd_client):
@@ -24,32 +24,6 @@ def test_setup_is_idempotent(lxd_client, tmp_path):
     assert "daemon: reachable" in result.stdout
     assert "image: lxdsnap/busybox present" in result.stdout
     assert "changed nothing" in result.stdout and not state.exists()
-
-
-def test_setup_help_names_undo_and_the_state_file():
-    result = lxdsnap("setup", "--help")
-    assert result.returncode == 0, result.stderr
-    assert "--undo" in result.stdout and "/var/lib/lxdsnap/setup-changes.json" in result.stdout
-
-
-def test_undo_with_nothing_recorded_says_so(tmp_path):
-    result = lxdsnap("setup", "--undo", "--state-file", str(tmp_path / "none.json"))
-    assert result.returncode == 0, result.stderr
-    assert "nothing to undo" in result.stdout
-
-
-def test_undo_refuses_a_state_file_it_cannot_read(tmp_path):
-    state = tmp_path / "state.json"
-    state.write_text("{not json")
-    result = lxdsnap("setup", "--undo", "--state-file", str(state))
-    assert result.returncode == 1
-    assert f"{state} is not a setup record" in result.stderr and "fix or remove it" in result.stderr
-
-
-def test_doctor_names_the_fix_when_lxd_is_unreachable(tmp_path):
-    result = lxdsnap("--endpoint", str(tmp_path / "none.socket"), "doctor")
-    assert result.returncode == 1
-    assert "FIX daemon" in result.stdout and "-> lxdsnap setup" in result.stdout
 
 
 def test_fast_stop_skips_lxcfs_pause_on_stop_only_and_undoes_cleanly(make_instance, tmp_path):

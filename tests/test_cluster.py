@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lxdsnap.declarations import parse_container
 from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import PYPROJECT, TEST_PREFIX, instance_names
-
-
-def test_targets_spread_xdist_workers_over_the_members():
-    spec = parse_container("web", {"image": "x", "target": ["m1", "m2", "m3"]})
-    assert [spec.target_for(worker) for worker in range(5)] == ["m1", "m2", "m3", "m1", "m2"]
-    assert parse_container("web", {"image": "x", "target": "m1"}).target_for(7) == "m1"
-    assert parse_container("web", {"image": "x"}).target_for(0) is None
-
-
-@pytest.mark.parametrize("bad", [[], "", ["m1", ""], 3, [3]])
-def test_a_bad_target_names_the_key(bad):
-    with pytest.raises(ConfigError, match=r"\[tool.lxdsnap.containers.web\] target: expected"):
-        parse_container("web", {"image": "x", "target": bad})
+from .helpers import DECLARED_WEB, TEST_PREFIX, instance_names
 
 
 def test_a_target_on_a_standalone_server_is_refused_before_anything_is_created(suite, lxd_client):
     before = instance_names(lxd_client)
-    suite.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n'
-                   'target = ["member1", "member2"]\n')
+    suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = ["member1", "member2"]\n')
     suite.makepyfile("""
         import pytest
 

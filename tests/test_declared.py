@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from pytest_lxdsnap.lxd import lxdapi
+from .helpers import DECLARED_WEB, PYPROJECT, assert_summary, declare, instance_names, traces_of
 
-from .conftest import PYPROJECT, assert_summary, instance_names
-
-DECLARED = PYPROJECT + """
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-config = { "user.role" = "web", "limits.processes" = 500 }
-provision = [
-    "mkdir -p /srv/www && echo hello > /srv/www/index.html",
-    "echo provisioned >> /etc/motd",
-]
-
-[tool.lxdsnap.containers.db]
-image = "lxdsnap/busybox"
-pool = "default"
-"""
+DECLARED = PYPROJECT + declare(
+    "web", config={"user.role": "web", "limits.processes": 500},
+    provision=["mkdir -p /srv/www && echo hello > /srv/www/index.html", "echo provisioned >> /etc/motd"],
+) + declare("db", pool="default")
 
 
 def test_declared_container_lifecycle(pytester, lxd_client):
@@ -88,18 +79,14 @@ provision = ["true", "echo about to fail; echo no such package >&2; exit 7"]
     ])
     result.stdout.no_fnmatch_line("*the body must not run*")
     assert instance_names(lxd_client) == before
-    assert not lxdapi.owned_instances(lxd_client, _any_identity())
-
-
-def _any_identity():
-    from pytest_lxdsnap.safety.ownership import SessionIdentity
-
-    return SessionIdentity()
+    token = re.search(r"\(instance lxdsnap-broken-([0-9a-f]{8})\) failed", result.stdout.str())
+    assert token, "the message names the instance, and so the session's token"
+    assert traces_of(lxd_client, token.group(1)) == []  # no instance, tag, lease profile or project of that session
 
 
 @pytest.mark.parametrize("option", ["--collect-only", "--setup-plan", "--fixtures", "--markers"])
 def test_a_run_that_executes_no_test_touches_nothing(pytester, lxd_client, tmp_path, option):
-    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile("""
         import pytest
 

@@ -14,20 +14,15 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import (
-    PYPROJECT,
+from .helpers import (
+    DECLARED_WEB,
+    as_found,
+    assert_left_as_found,
     assert_summary,
     instance_names,
     lxc,
-    recovery_snapshots,
-    snapshot_names,
-    user_config,
 )
 
-WEB = PYPROJECT + """
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-"""
 USES_WEB = """
 import pytest
 
@@ -39,7 +34,7 @@ def test_it(lxd):
 
 
 def test_hooks_provision_ready_strategy_and_reset_order(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     log = pytester.path / "hooks.log"
     pytester.makeconftest(f"""
         def note(line):
@@ -97,7 +92,7 @@ def test_hooks_provision_ready_strategy_and_reset_order(pytester, lxd_client):
 )
 def test_a_bad_hook_is_one_clear_error_and_leaves_nothing(pytester, lxd_client, conftest, message):
     before = instance_names(lxd_client)
-    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makeconftest(conftest)
     pytester.makepyfile(test_it=USES_WEB)
     result = pytester.runpytest()
@@ -108,7 +103,7 @@ def test_a_bad_hook_is_one_clear_error_and_leaves_nothing(pytester, lxd_client, 
 
 
 def test_cleanup_hook_keeps_a_declared_container(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makeconftest("""
         def pytest_lxdsnap_cleanup(config, containers):
             return ["web"]
@@ -128,7 +123,7 @@ def test_cleanup_hook_keeps_a_declared_container(pytester, lxd_client):
 
 
 def test_testcontainers_wait_strategies_on_an_lxd_container(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=WEB + """provision = [
+    pytester.makefile(".toml", pyproject=DECLARED_WEB + """provision = [
     "mkdir -p /www && echo hello > /www/index.html",
     "sed -i 's|^trap|(sleep 1; httpd -p 127.0.0.1:8080 -h /www; echo service-started) \\\\& \\\\ntrap|' /sbin/init",
     "httpd -p 127.0.0.1:8080 -h /www",
@@ -177,7 +172,7 @@ ready = { wait_strategy = "waits:http_ready", timeout = 30 }
 
 def test_a_wait_strategy_that_times_out_names_the_container(pytester, lxd_client):
     before = instance_names(lxd_client)
-    pytester.makefile(".toml", pyproject=WEB + 'ready = { wait_strategy = "waits:never", timeout = 2 }\n')
+    pytester.makefile(".toml", pyproject=DECLARED_WEB + 'ready = { wait_strategy = "waits:never", timeout = 2 }\n')
     pytester.makepyfile(waits="""
         from testcontainers.core.wait_strategies import HttpWaitStrategy
 
@@ -210,9 +205,9 @@ def test_a_taken_host_port_is_a_clear_error(pytester, lxd_client, make_instance)
 
 def test_xdist_workers_each_get_a_clean_state(pytester, lxd_client, make_instance):
     name = make_instance(snapshot="user-snap")
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     before = instance_names(lxd_client)
-    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile(f"""
         import pytest
 
@@ -223,24 +218,29 @@ def test_xdist_workers_each_get_a_clean_state(pytester, lxd_client, make_instanc
                 assert not c.exists("/root/dirty"), "another test's change leaked in"
                 c.write_text("/root/dirty", str(i))
     """)
-    result = pytester.runpytest("-n", "2", "-p", "xdist", "--lxd-durations=3")
+    result = pytester.runpytest("-n", "2", "-p", "xdist", "-v", "--lxd-durations=3")
     result.assert_outcomes(passed=20)
     lines = result.stdout.lines
-    start = lines.index(next(line for line in lines if "slowest 3 lxd resets" in line))
-    slowest = lines[start + 1:start + 5]  # the workers' waits, relayed to the controller: three, longest first
-    pattern = re.compile(rf"^(\d+\.\d\d)s {name}, web: .*::test_changes_both\[\d+\]$")
+    each = re.compile(rf"^ +lxdsnap: {name}, web: (\d+\.\d\d) s waiting for clean containers$")
+    waits = sorted((float(m.group(1)) for m in map(each.match, lines) if m), reverse=True)
+    assert len(waits) == 20, waits  # -v: every test's wait, relayed from its worker to the controller
+    start = next(i for i, line in enumerate(lines)
+                 if fnmatch.fnmatch(line, "-* slowest 3 lxd resets (time the test waited for clean containers) -*"))
+    slowest = lines[start + 1:start + 5]  # the workers' waits: three, longest first, then the summary
+    pattern = re.compile(rf"^(\d+\.\d\d)s {name}, web: (test_\w+\.py::test_changes_both\[\d+\])$")
     matched = [pattern.match(line) for line in slowest]
     assert all(matched[:3]) and not matched[3], slowest
     seconds = [float(m.group(1)) for m in matched[:3] if m]
     assert seconds == sorted(seconds, reverse=True), slowest
+    assert all(abs(a - b) < 0.011 for a, b in zip(seconds, waits[:3], strict=True)), (slowest, waits[:3])  # the top 3
+    assert len({m.group(2) for m in matched[:3] if m}) == 3, slowest  # three different tests
     assert instance_names(lxd_client) == before
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found)
     assert lxc("exec", name, "--", "ls", "/root") == ""
 
 
 def test_a_slow_launch_shows_its_progress_unless_quiet(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=WEB + 'provision = ["sleep 3", "true"]\n')
+    pytester.makefile(".toml", pyproject=DECLARED_WEB + 'provision = ["sleep 3", "true"]\n')
     pytester.makepyfile(test_it=USES_WEB)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
@@ -251,7 +251,7 @@ def test_a_slow_launch_shows_its_progress_unless_quiet(pytester, lxd_client):
 
 
 def test_on_a_terminal_a_slow_launch_is_one_line_rewritten_in_place(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=WEB + 'provision = ["sleep 2", "sleep 2"]\n')
+    pytester.makefile(".toml", pyproject=DECLARED_WEB + 'provision = ["sleep 2", "sleep 2"]\n')
     pytester.makepyfile(test_it=USES_WEB)
     output = run_on_a_terminal([sys.executable, "-m", "pytest"], cwd=pytester.path)
     assert "1 passed" in output, output
@@ -286,9 +286,9 @@ def run_on_a_terminal(argv: list[str], cwd: Path) -> str:
 
 def test_a_crashed_xdist_worker_leaves_nothing_behind(pytester, lxd_client, make_instance):
     name = make_instance()
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     before = instance_names(lxd_client)
-    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile(f"""
         import os
         import time
@@ -313,13 +313,12 @@ def test_a_crashed_xdist_worker_leaves_nothing_behind(pytester, lxd_client, make
     result.stdout.fnmatch_lines(["*test_crashes_its_worker*"])
     assert "crashed" in result.stdout.str()
     assert instance_names(lxd_client) == before
-    assert snapshot_names(lxd_client, name) == recovery_snapshots(lxd_client, name)
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found, recovered=None)
     assert lxc("exec", name, "--", "ls", "/root") == ""
 
 
 def test_verbose_shows_each_tests_wait_for_clean_containers(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=WEB)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile(test_it=USES_WEB)
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=1)

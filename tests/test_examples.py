@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import assert_summary, summary
+from .helpers import assert_summary, summary
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 
-from .conftest import assert_summary, lxc_exec_status, snapshot_names, user_config
+from .helpers import as_found, assert_left_as_found, assert_summary, lxc_exec_status, start_session, wait_for
 
 
 def test_ctrl_c_mid_test_still_resets(suite, make_instance, lxd_client):
     name = make_instance(running=True, snapshot="user-snap")
-    before = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     started = suite.path / "started"
     suite.makepyfile(f"""
         import pathlib
@@ -26,21 +23,16 @@ def test_ctrl_c_mid_test_still_resets(suite, make_instance, lxd_client):
             pathlib.Path({str(started)!r}).touch()
             time.sleep(120)
     """)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"], cwd=suite.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_session(suite.path)
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "the inner test never started"
-            time.sleep(0.1)
+        wait_for(started, proc, timeout=60)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
+        proc.communicate()
     assert proc.returncode == 2, output
     assert "KeyboardInterrupt" in output
     assert_summary(output, name, kind="existing", instance=name, resets="1", leftovers="0")
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
-    assert user_config(lxd_client, name) == before
+    assert_left_as_found(lxd_client, name, found)

@@ -11,7 +11,14 @@ from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi, projects
 from pytest_lxdsnap.safety.ownership import CREATED_KEY, KEPT_KEY, SessionIdentity
 
-from .conftest import PYPROJECT, assert_summary, lxc, lxdsnap, snapshot_names, user_config
+from .helpers import (
+    DECLARED_WEB,
+    as_found,
+    assert_left_as_found,
+    assert_summary,
+    lxc,
+    lxdsnap,
+)
 
 
 @pytest.fixture
@@ -23,7 +30,7 @@ def project(lxd_client):
 
 
 def test_declared_container_in_a_project(pytester, project):
-    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile(f"""
         import subprocess
         import pytest
@@ -66,8 +73,8 @@ def session_projects() -> list[str]:
 
 def test_auto_project_holds_the_session_instances_and_goes_at_the_end(pytester, lxd_client, make_instance):
     name = make_instance(snapshot="user-snap")
-    found = user_config(lxd_client, name)
-    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    found = as_found(lxd_client, name)
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile(f"""
         import json
         import subprocess
@@ -95,8 +102,7 @@ def test_auto_project_holds_the_session_instances_and_goes_at_the_end(pytester, 
     assert_summary(result, "web", kind="declared", resets="3", leftovers="0")
     assert_summary(result, name, kind="existing", resets="3", leftovers="0")
     assert session_projects() == []
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found)
 
 
 def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
@@ -120,24 +126,8 @@ def test_gc_deletes_the_project_of_a_dead_session(lxd_client):
 
 
 
-def test_reuse_needs_a_named_project(suite):
-    suite.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
-    suite.makepyfile("""
-        import pytest
-
-        @pytest.mark.lxd("web")
-        def test_it(lxd):
-            pass
-    """)
-    result = suite.runpytest("--lxd-project", "auto", "--lxd-reuse")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --lxd-reuse keeps declared containers between runs, but --lxd-project auto "
-                                 "deletes the session's project at the end: name a project (--lxd-project NAME)*"])
-    assert session_projects() == []
-
-
 def test_an_auto_project_kept_for_failed_states_goes_once_they_expire(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=PYPROJECT + '[tool.lxdsnap.containers.web]\nimage = "lxdsnap/busybox"\n')
+    pytester.makefile(".toml", pyproject=DECLARED_WEB)
     pytester.makepyfile("""
         import pytest
 

@@ -26,15 +26,16 @@ from pytest_lxdsnap.lxd.connection import (
     trusted_on_first_use,
 )
 
-from .conftest import (
+from .helpers import (
     PYPROJECT,
+    as_found,
+    assert_left_as_found,
     assert_summary,
+    declare,
     instance_names,
     lxc,
     lxdsnap,
     make_certificate,
-    snapshot_names,
-    user_config,
 )
 
 DIRTIES = """
@@ -52,17 +53,13 @@ def test_dirty(lxd, i):
         container.write_text("/root/dirty", str(i))
     assert lxd["{name}"].exec(["cat", "/root/dirty"]).stdout == str(i)
 """
-WEB = PYPROJECT + """
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-provision = ["touch /root/provisioned"]
-"""
+WEB = PYPROJECT + declare("web", provision=["touch /root/provisioned"])
 
 
 def test_the_tutorial_scenario_runs_over_https_with_the_server_pinned(pytester, https_lxd, lxd_client,
                                                                       make_instance, monkeypatch):
     name = make_instance(snapshot="user-snap")
-    found, before = user_config(lxd_client, name), instance_names(lxd_client)
+    found, before = as_found(lxd_client, name), instance_names(lxd_client)
     # the trap: requests would let these override the pinned server certificate
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
@@ -73,8 +70,7 @@ def test_the_tutorial_scenario_runs_over_https_with_the_server_pinned(pytester, 
     assert_summary(result, name, kind="existing", resets="3", leftovers="0")
     assert_summary(result, "web", kind="declared", resets="3", leftovers="0")
     assert instance_names(lxd_client) == before
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found)
     assert lxc("exec", name, "--", "ls", "/root") == ""
 
 
@@ -163,19 +159,6 @@ def test_an_unreachable_endpoint_names_it(pytester, https_lxd):
     message = usage_error(pytester, "--lxd-endpoint=https://127.0.0.1:1", f"--lxd-cert={https_lxd.cert}",
                           f"--lxd-key={https_lxd.key}", f"--lxd-server-cert={https_lxd.server_cert}")
     assert "LXD is not reachable at HTTPS endpoint https://127.0.0.1:1" in message
-
-
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-cert=/nonexistent.crt", "--lxd-key=/x.key"],
-     "--lxd-cert /nonexistent.crt: no such readable file"),
-    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-cert=/etc/hostname"],
-     "--lxd-cert and --lxd-key go together"),
-    (["--lxd-server-cert=/etc/hostname"], "--lxd-server-cert only apply to an https:// --lxd-endpoint"),
-    (["--lxd-endpoint=https://127.0.0.1:8443", "--lxd-insecure", "--lxd-server-cert=/etc/hostname"],
-     "--lxd-insecure turns verification off, --lxd-server-cert pins the server: choose one"),
-])
-def test_tls_options_that_do_not_fit_together(pytester, args, expected):
-    assert expected in usage_error(pytester, *args)
 
 
 def test_a_refused_tls_handshake_names_the_endpoint(pytester, https_lxd):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from pytest_lxdsnap.errors import OwnershipError
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety.ownership import OWNER_KEY, SessionIdentity
 
-from .conftest import lxc, snapshot_names
+from .helpers import as_found, assert_left_as_found, lxc, snapshot_names
 
 
 def test_a_user_snapshot_with_the_plugin_prefix_is_never_deleted(lxd_client, make_instance):
@@ -84,27 +85,42 @@ def test_an_instance_in_use_by_another_session_is_refused(suite, make_instance, 
 
 
 def test_the_baseline_outlives_a_test_longer_than_its_ttl(lxd_client, make_instance):
-    """The heartbeat pushes a baseline's expiry on while a test runs (a long test, --pdb), with no reset."""
-    import time
-
+    """The heartbeat pushes a baseline's expiry on while a test runs (a long test, --pdb), with no reset: watched on
+    the server's clock until its first expiry is past, the snapshot is still there, pushed on a TTL at a time."""
     from pytest_lxdsnap.lxd.connection import Endpoint
     from pytest_lxdsnap.model import Request
     from pytest_lxdsnap.options import Options
     from pytest_lxdsnap.session.core import LxdSession
 
-    def expiry(instance: str, snapshot: str) -> datetime.datetime:
-        stamp = lxd_client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]["expires_at"]
-        return datetime.datetime.fromisoformat(stamp)
+    ttl = 2.0
+
+    def expiry(instance: str, snapshot: str) -> tuple[float, float]:
+        """The snapshot's expiry, and the server's clock when it answered (both to a second)."""
+        response = lxd_client.api.instances[instance].snapshots[snapshot].get()  # NotFound: LXD had it expire
+        stamp = datetime.datetime.fromisoformat(response.json()["metadata"]["expires_at"]).timestamp()
+        return stamp, lxdapi.response_time(response)
 
     name = make_instance()
-    session = LxdSession(Endpoint(), {}, Options(lxd_snapshot_ttl=3))
+    found = as_found(lxd_client, name)
+    session = LxdSession(Endpoint(), {}, Options(lxd_snapshot_ttl=ttl))
     session.connect()
-    session.plan([Request(name)])
-    (checkout,) = session.acquire((name,))
-    first = expiry(name, checkout.tracked.snapshot)
-    time.sleep(4)  # longer than the TTL: without the heartbeat LXD may prune it at its next sweep
-    now = datetime.datetime.now(datetime.UTC)
-    assert first < now < expiry(name, checkout.tracked.snapshot), "the baseline's expiry was not pushed on"
-    session.release([checkout])
-    assert session.finish() == []
-    assert snapshot_names(lxd_client, name) == []
+    try:
+        session.plan([Request(name)])
+        (checkout,) = session.acquire((name,))
+        snapshot = checkout.tracked.snapshot
+        first, now = expiry(name, snapshot)
+        assert now < first <= now + ttl + 1, "the baseline's first expiry is not a TTL away"
+        pushes = [(now, first)]
+        deadline = time.monotonic() + 10 * ttl
+        while now <= first + 1 or len(pushes) < 3:  # the first expiry well past, and pushed on twice
+            assert time.monotonic() < deadline, f"the expiry was not pushed on (server time, expiry): {pushes}"
+            time.sleep(0.1)
+            until, now = expiry(name, snapshot)
+            if until != pushes[-1][1]:
+                pushes.append((now, until))
+                assert until > pushes[-2][1] and now < until <= now + ttl + 1, f"a push, but not a TTL on: {pushes}"
+        session.release([checkout])
+    finally:
+        leftovers = session.finish()  # also when an assertion failed: no lease or claim outlives the test
+    assert leftovers == []
+    assert_left_as_found(lxd_client, name, found)

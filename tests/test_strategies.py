@@ -9,21 +9,18 @@ import pytest
 
 from pytest_lxdsnap.lxd import lxdapi
 
-from .conftest import (
+from .helpers import (
     COMMANDS,
     PYPROJECT,
+    as_found,
+    assert_left_as_found,
     assert_summary,
+    declare,
     instance_names,
     lxc,
-    snapshot_names,
-    user_config,
 )
 
-WEB = PYPROJECT + """
-[tool.lxdsnap.containers.web]
-image = "lxdsnap/busybox"
-provision = ["echo provisioned > /root/provisioned"]
-"""
+WEB = PYPROJECT + declare("web", provision=["echo provisioned > /root/provisioned"])
 
 
 DIRTY_TESTS = """
@@ -76,7 +73,7 @@ def test_every_strategy_gives_each_test_a_clean_state(pytester, lxd_client, mark
 def test_readonly_skips_resets_but_the_session_still_leaves_the_container_as_found(suite, make_instance,
                                                                                     lxd_client):
     name = make_instance(snapshot="mine")
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     suite.makepyfile(f"""
         import pytest
 
@@ -92,8 +89,7 @@ def test_readonly_skips_resets_but_the_session_still_leaves_the_container_as_fou
     result.assert_outcomes(passed=2)
     assert_summary(result, name, kind="existing", resets="1", strategies="readonly 2", leftovers="0")  # final restore
     assert lxc("exec", name, "--", "ls", "/root").split() == []
-    assert snapshot_names(lxd_client, name) == ["mine"]
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found)
 
 
 def test_recipe_keeps_a_stopped_container_stopped(suite, make_instance, lxd_client):

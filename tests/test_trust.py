@@ -4,7 +4,6 @@ Each runs against the real daemon and ends with the host as found."""
 
 from __future__ import annotations
 
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,25 +16,23 @@ from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.safety import claims, garbage, leases
 from pytest_lxdsnap.safety.ownership import BASELINE_LABEL, OWNER_KEY, RECOVERING_KEY, SessionIdentity
 
-from .conftest import (
+from .helpers import (
     COMMANDS,
+    DECLARED_WEB,
     NEVER_RUNS,
     PYPROJECT,
-    TEST_PREFIX,
+    as_found,
+    assert_left_as_found,
+    holding_session,
     instance_names,
     lxc,
     lxc_exec_status,
     lxdsnap,
     lxdsnap_argv,
-    recovery_snapshots,
     snapshot_names,
+    throwaway_name,
     user_config,
 )
-from .test_faults import DECLARED_WEB, holding_suite, start_session, wait_for
-
-
-def throwaway(kind: str) -> str:
-    return f"{TEST_PREFIX}{kind}-{secrets.token_hex(3)}"
 
 
 @pytest.fixture
@@ -72,11 +69,11 @@ def test_finds_it_clean(lxd):
 
 @pytest.mark.parametrize(("running", "strategy"), [(True, "recipe"), (True, "inplace"), (False, "inplace")])
 def test_an_ephemeral_container_survives_and_stays_ephemeral(suite, lxd_client, instances, running, strategy):
-    name = throwaway("eph")
+    name = throwaway_name("eph")
     instances.append(name)
     lxc("launch" if running else "init", "--ephemeral", IMAGE_ALIAS, name)
     lxc(*COMMANDS.snapshot(name, "user-snap").split()[1:])
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     suite.makepyfile(TWO_DIRTYING_TESTS.format(name=name, status="Running" if running else "Stopped"))
     result = suite.runpytest(f"--lxd-strategy={strategy}")
     result.assert_outcomes(passed=2)
@@ -84,71 +81,55 @@ def test_an_ephemeral_container_survives_and_stays_ephemeral(suite, lxd_client, 
     record = lxdapi.get_instance(lxd_client, name)
     assert record["ephemeral"] is True
     assert record["status"] == ("Running" if running else "Stopped")
-    assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert_left_as_found(lxd_client, name, found)
 
 
 def test_a_paused_container_is_refused_and_left_paused(suite, make_instance, lxd_client):
     name = make_instance()
     lxc("pause", name)
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     suite.makepyfile(NEVER_RUNS.format(name=name))
     result = suite.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*instance '{name}' is paused (Frozen): a reset restores it by restarting it*"
                                  f"Nothing was changed. Resume it first (`{COMMANDS.tool} start {name}`)*"])
     assert lxdapi.status(lxd_client, name) == "Frozen"
-    assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == []
+    assert_left_as_found(lxd_client, name, found)
     lxc("start", name)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_mid_test_reset_and_clean_up_like_ctrl_c(pytester, make_instance, lxd_client, signum):
     name = make_instance(snapshot="user-snap")
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     pytester.makefile(".toml", pyproject=DECLARED_WEB)
-    flag, _ = holding_suite(pytester.path, [name, "web"])
     before = instance_names(lxd_client)
-    proc = start_session(pytester.path)
-    try:
-        wait_for(flag, proc)
-        proc.send_signal(signum)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    with holding_session(pytester.path, [name, "web"]) as holding:
+        holding.proc.send_signal(signum)
+        output = holding.finish(timeout=60)
+    assert holding.returncode == pytest.ExitCode.INTERRUPTED, output
     assert f"lxdsnap: {signal.Signals(signum).name}: stopping; resetting the containers and cleaning up" in output
-    assert user_config(lxd_client, name) == found
-    assert snapshot_names(lxd_client, name) == ["user-snap"]
+    assert_left_as_found(lxd_client, name, found)
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
     assert instance_names(lxd_client) == before  # the declared container and its clones are gone
 
 
 def test_two_quick_ctrl_c_exit_cleanly_with_the_recovery_command(pytester, make_instance, lxd_client):
     name = make_instance(snapshot="user-snap")
-    found = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     pytester.makefile(".toml", pyproject=PYPROJECT)
-    flag, _ = holding_suite(pytester.path, [name])
-    proc = start_session(pytester.path)
-    try:
-        wait_for(flag, proc)
-        proc.send_signal(signal.SIGINT)
+    with holding_session(pytester.path, [name]) as holding:
+        holding.proc.send_signal(signal.SIGINT)
         time.sleep(0.05)  # the kernel merges a second pending SIGINT into the first: let it land, barely
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+        holding.proc.send_signal(signal.SIGINT)
+        output = holding.finish(timeout=30)
+    assert holding.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "Traceback" not in output, output
     assert "lxdsnap: second Ctrl-C: cleanup stopped. To finish it, run:" in output and "  lxdsnap gc" in output
     done = lxdsnap("gc")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert user_config(lxd_client, name) == found
+    assert_left_as_found(lxd_client, name, found, recovered=None)
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
-    assert snapshot_names(lxd_client, name) in (["user-snap"], ["user-snap", *recovery_snapshots(lxd_client, name)])
 
 
 def state(client, name: str) -> tuple[object, list[str], int]:
@@ -160,12 +141,9 @@ def test_copies_of_a_held_container_and_of_a_clone_are_never_the_plugins(pyteste
                                                                          instances):
     name = make_instance(snapshot="user-snap")
     pytester.makefile(".toml", pyproject=DECLARED_WEB)
-    flag, release = holding_suite(pytester.path, [name, "web"])
-    proc = start_session(pytester.path)
-    backup, debug = throwaway("backup"), throwaway("debug-web")
+    backup, debug = throwaway_name("backup"), throwaway_name("debug-web")
     instances.extend([backup, debug])
-    try:
-        wait_for(flag, proc)
+    with holding_session(pytester.path, [name, "web"]) as holding:
         clone = next(n for n in instance_names(lxd_client) if n.startswith("lxdsnap-web-") and n.endswith("-1"))
         lxc("copy", name, backup)  # carries the session's tags and its baseline snapshot
         lxc("copy", clone, debug)  # carries the clone's tags
@@ -174,12 +152,8 @@ def test_copies_of_a_held_container_and_of_a_clone_are_never_the_plugins(pyteste
             lxc("exec", copy, "--", "touch", "/root/mine")  # the user's work in the copy
         copied = {copy: state(lxd_client, copy) for copy in (backup, debug)}
         assert any(s.startswith("lxdsnap-") for s in copied[backup][1])
-        release.touch()
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0, output
+        output = holding.release()
+    assert holding.returncode == 0, output
     assert {copy: state(lxd_client, copy) for copy in copied} == copied  # the session's end left them alone
 
     (pytester.path / "test_hold.py").unlink()
@@ -218,15 +192,13 @@ def in_other_pid_namespace(*argv: str, cwd: object = None) -> subprocess.Complet
 
 def test_a_session_and_gc_in_another_pid_namespace_leave_a_live_session_alone(pytester, make_instance, lxd_client):
     name = make_instance()
+    found = as_found(lxd_client, name)
     pytester.makefile(".toml", pyproject=DECLARED_WEB)
-    flag, release = holding_suite(pytester.path, [name, "web"])
     other = pytester.mkdir("other")
     (other / "pyproject.toml").write_text(DECLARED_WEB)
     (other / "test_other.py").write_text("import pytest\n\n\n@pytest.mark.lxd('web')\ndef test_it(lxd):\n    pass\n")
     before = instance_names(lxd_client)
-    proc = start_session(pytester.path, "test_hold.py")
-    try:
-        wait_for(flag, proc)
+    with holding_session(pytester.path, [name, "web"], "test_hold.py") as holding:
         first = instance_names(lxd_client) - before  # the live session's declared container and clones
         second = in_other_pid_namespace(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", cwd=other)
         assert second.returncode == 0, second.stdout + second.stderr
@@ -237,14 +209,11 @@ def test_a_session_and_gc_in_another_pid_namespace_leave_a_live_session_alone(py
         assert first <= instance_names(lxd_client), (second.stdout, gc.stdout)
         assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 0  # its state, untouched
         assert OWNER_KEY in lxdapi.get_instance(lxd_client, name)["config"]
-        release.touch()
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0, output
+        output = holding.release()
+    assert holding.returncode == 0, output
     assert "PROBLEM" not in output and "LEFTOVER" not in output, output
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
+    assert_left_as_found(lxd_client, name, found)
 
 
 def test_gc_never_recovers_what_a_live_session_claimed_after_gc_looked(lxd_client, make_instance, monkeypatch):
@@ -340,7 +309,7 @@ def test_max_clones_caps_the_clones_that_exist_at_once(pytester, lxd_client):
 
 
 def test_a_copy_of_a_held_ephemeral_container_does_not_become_ephemeral(lxd_client, instances):
-    name, copy = throwaway("eph"), throwaway("eph-copy")
+    name, copy = throwaway_name("eph"), throwaway_name("eph-copy")
     instances.extend([name, copy])
     lxc("launch", "--ephemeral", IMAGE_ALIAS, name)
     holder, later = SessionIdentity(), SessionIdentity()
@@ -355,6 +324,7 @@ def test_a_copy_of_a_held_ephemeral_container_does_not_become_ephemeral(lxd_clie
 
 def test_a_recovery_that_died_half_way_is_finished_from_the_first_baseline(lxd_client, make_instance):
     name = make_instance()
+    found = as_found(lxd_client, name)
     where = lxdapi.where(lxd_client, name)
     first, recoverer = SessionIdentity(pid=2**22 + 1), SessionIdentity(pid=2**22 + 2)  # both dead
     claims.claim(lxd_client, name, first, wait=0)
@@ -369,4 +339,4 @@ def test_a_recovery_that_died_half_way_is_finished_from_the_first_baseline(lxd_c
     assert f"restored {name} from {first.snapshot_name(BASELINE_LABEL)}" in done, done
     assert lxc_exec_status(name, "test", "-e", "/root/dirty") == 1
     assert not any(k.startswith("user.lxdsnap.") for k in lxdapi.get_instance(lxd_client, name)["config"])
-    assert snapshot_names(lxd_client, name) == recovery_snapshots(lxd_client, name)
+    assert_left_as_found(lxd_client, name, found, recovered=None)

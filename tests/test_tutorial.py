@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import assert_summary, lxc, lxc_exec_status, snapshot_names, user_config
+from .helpers import as_found, assert_left_as_found, assert_summary, lxc, lxc_exec_status
 
 
 def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_client):
     name = make_instance(running=True, snapshot="ubuntu-test-1")
-    before = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     passwd = lxc("exec", name, "--", "cat", "/etc/passwd")
     suite.makepyfile(f"""
         import pytest
@@ -32,13 +32,12 @@ def test_tutorial_scenario_on_a_running_container(suite, make_instance, lxd_clie
     assert lxd_client.instances.get(name).status == "Running"
     assert lxc_exec_status(name, "test", "-e", "/root/this_file.txt") == 1
     assert lxc("exec", name, "--", "cat", "/etc/passwd") == passwd
-    assert snapshot_names(lxd_client, name) == ["ubuntu-test-1"]
-    assert user_config(lxd_client, name) == before
+    assert_left_as_found(lxd_client, name, found)
 
 
 def test_a_stopped_container_stays_stopped(suite, make_instance, lxd_client):
     name = make_instance(running=False)
-    before = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     suite.makepyfile(f"""
         import pytest
 
@@ -53,8 +52,7 @@ def test_a_stopped_container_stays_stopped(suite, make_instance, lxd_client):
     """)
     suite.runpytest().assert_outcomes(passed=2)
     assert lxd_client.instances.get(name).status == "Stopped"
-    assert snapshot_names(lxd_client, name) == []
-    assert user_config(lxd_client, name) == before
+    assert_left_as_found(lxd_client, name, found)
     lxc("start", name)
     assert lxc_exec_status(name, "test", "-e", "/root/mark") == 1
 
@@ -77,7 +75,7 @@ def test_a_test_that_stops_a_running_container_gets_it_back_running(suite, make_
 
 def test_config_and_devices_changed_by_a_test_are_restored(suite, make_instance, lxd_client):
     name = make_instance(running=True, config={"user.owner-note": "mine"})
-    before = user_config(lxd_client, name)
+    found = as_found(lxd_client, name)
     suite.makepyfile(f"""
         import pytest
 
@@ -90,7 +88,7 @@ def test_config_and_devices_changed_by_a_test_are_restored(suite, make_instance,
             inst.save(wait=True)
     """)
     suite.runpytest().assert_outcomes(passed=1)
-    assert user_config(lxd_client, name) == before
+    assert_left_as_found(lxd_client, name, found)
 
 
 def test_class_and_module_markers_combine(suite, make_instance, lxd_client):

@@ -93,3 +93,37 @@ def test_a_tag_of_an_older_version_is_respected_and_judged_as_it_judged_itself()
     assert gone is not None and gone.holder.local_evidence() is False
     elsewhere = read_tag(json.dumps({**old, "host": "other"}))
     assert elsewhere is not None and elsewhere.holder.local_evidence() is None  # its lease decides
+
+
+def test_a_lease_that_is_not_a_number_or_ends_now_counts_as_none_or_run_out():
+    elsewhere = replace(SessionIdentity(), host="twin")
+    for junk in ("", "soon", "nan-ish"):
+        assert holder_is_dead(elsewhere, junk, SERVER_NOW) == (True, "it holds no lease")
+    assert holder_is_dead(elsewhere, str(SERVER_NOW), SERVER_NOW) == (True, "its lease ran out")  # not "more than now"
+    assert holder_is_dead(elsewhere, f"{SERVER_NOW + 0.5}", SERVER_NOW) == (False, "its lease runs for 0 s more")
+
+
+def test_what_this_machine_cannot_read_about_itself_is_left_to_the_lease():
+    me = SessionIdentity()
+    for blind in (replace(me, machine_id="unknown"), replace(me, boot_id="unknown"), replace(me, pidns="unknown")):
+        assert blind.local_evidence() is None
+        assert holder_is_dead(blind, str(SERVER_NOW + 10), SERVER_NOW)[0] is False
+
+
+def test_a_proc_of_another_pid_namespace_proves_nothing(monkeypatch):
+    from pytest_lxdsnap.safety import ownership
+
+    me = SessionIdentity()
+    monkeypatch.setattr(ownership, "_proc_is_ours", lambda: False)  # `unshare --pid` without --mount-proc
+    assert me.local_evidence() is None
+    assert holder_is_dead(me, None, SERVER_NOW) == (True, "it holds no lease")
+    assert holder_is_dead(me, str(SERVER_NOW + 5), SERVER_NOW)[0] is False
+
+
+def test_an_exited_process_not_yet_reaped_is_dead(monkeypatch):
+    from pytest_lxdsnap.safety import ownership
+
+    me = SessionIdentity()
+    monkeypatch.setattr(ownership, "_ticks", lambda pid: None)  # /proc/<pid>/stat says Z (or it is gone)
+    assert me.local_evidence() is False
+    assert holder_is_dead(me, str(SERVER_NOW + 60), SERVER_NOW) == (True, f"pid {me.pid} in this PID namespace is gone")
