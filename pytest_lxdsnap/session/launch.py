@@ -89,13 +89,15 @@ def adopt(s: LxdSession, name: str) -> Tracked:
     snapshot = s.identity.snapshot_name(BASELINE_LABEL)
     pool, driver = lxdapi.root_pool(client, record)
     start = time.perf_counter()
+    running = record["status"] == lxdapi.RUNNING
     try:
+        if running:  # never hand out (or snapshot) a half-booted system
+            s.wait_until_ready(name, name)
         refuse_a_second_zfs_baseline(s, name, pool, driver)
         lxdapi.create_owned_snapshot(client, name, snapshot, s.identity, s.snapshot_ttl)
     except BaseException:
         claims.release(client, name, s.identity)
         raise
-    running = record["status"] == lxdapi.RUNNING
     if s.take_turns:  # other workers use it between our tests: claim it per test from now on
         claims.release(client, name, s.identity)
     return Tracked(name, name, False, snapshot, running, time.monotonic(), pool, driver,
