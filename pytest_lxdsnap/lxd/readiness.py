@@ -99,6 +99,8 @@ def wait_systemd(client: pylxd.Client, instance: str, check: ReadyCheck, contain
     failed = failed_units(client, instance, disposable=disposable)
     listed = "\n".join(f"  {line}" for line in failed) if failed else "  (none)"
     status = unit_status(client, instance, [line.split()[0] for line in failed], disposable=disposable)
+    if state != "degraded":
+        status += pending_jobs(client, instance, disposable=disposable)
     fix = ("fix or remove the units in `provision` (or the image), or accept a degraded boot: "
            f"ready = {{systemd = true, allow_degraded = true}} in {where}" if state == "degraded" else
            f"fix the units in `provision` (or the image), or raise the timeout: ready = {{systemd = true, "
@@ -118,6 +120,17 @@ def failed_units(client: pylxd.Client, instance: str, *, disposable: bool = True
     except ExecError:
         return []
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def pending_jobs(client: pylxd.Client, instance: str, *, disposable: bool = True) -> str:
+    """``systemctl list-jobs``: what a boot that has not finished still waits for."""
+    try:
+        result = exec_command(client, instance, ["systemctl", "list-jobs", "--no-legend", "--no-pager", "--plain"],
+                              timeout=10, keep_logs=disposable)
+    except ExecError:
+        return ""
+    jobs = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return "Jobs still waiting (systemctl list-jobs):\n" + "\n".join(f"  {j}" for j in jobs[:20]) + "\n" if jobs else ""
 
 
 def unit_status(client: pylxd.Client, instance: str, units: list[str], *, disposable: bool = True) -> str:

@@ -14,7 +14,7 @@ from pylxd.exceptions import NotFound
 
 from pytest_lxdsnap.declarations import FINGERPRINT, REMOTES, TABLE, ContainerSpec
 from pytest_lxdsnap.errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError
-from pytest_lxdsnap.lxd import lxdapi, ports
+from pytest_lxdsnap.lxd import aptproxy, lxdapi, ports
 from pytest_lxdsnap.lxd.execution import exec_command
 from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, describe
 from pytest_lxdsnap.model import Tracked
@@ -182,13 +182,16 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
         source = {"type": "image", "fingerprint": spec.image}
     else:
         source = {"type": "image", "alias": spec.image}
+    devices = {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {}
+    if spec.package_cache:  # clones copy the device; it listens inside each of them
+        devices[aptproxy.DEVICE] = aptproxy.device(spec.package_cache)
     body = {
         "name": instance,
         "type": "container",
         "source": source,
         "profiles": list(spec.profiles),
         "config": {**spec.config, **tags},
-        "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
+        "devices": devices,
     }
     target = spec.target_for(s.worker)
     s.stages[spec.name] = f"creating from image {spec.image}" + (f" on {target}" if target else "")
@@ -199,6 +202,9 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
                            f"{describe(exc)}{config_key_hint(s, spec, describe(exc))}") from None
     s.stages[spec.name] = "starting"
     lxdapi.set_power(client, instance, "start")
+    if spec.package_cache:
+        s.stages[spec.name] = f"pointing apt at the package cache {spec.package_cache}"
+        aptproxy.configure_apt(client, instance, spec.name, f"[{TABLE}.containers.{spec.name}]")
     for number, command in enumerate(spec.provision, 1):
         s.stages[spec.name] = f"provisioning {number}/{len(spec.provision)}: {command[:60]}"
         result = exec_command(client, instance, command, keep_logs=True)
