@@ -105,12 +105,14 @@ def lxc_exec_status(instance: str, *cmd: str) -> int:
 
 @pytest.fixture
 def make_instance(lxd_client: pylxd.Client) -> Iterator[Callable[..., str]]:
-    """Create a busybox instance that plays the user's own container; deleted after the test."""
+    """Create an instance (busybox unless ``image`` names another) that plays the user's own container; deleted
+    after the test."""
     made: list[str] = []
 
-    def make(*, running: bool = True, snapshot: str | None = None, config: dict[str, str] | None = None) -> str:
+    def make(*, running: bool = True, snapshot: str | None = None, config: dict[str, str] | None = None,
+             image: str = IMAGE_ALIAS) -> str:
         name = f"{TEST_PREFIX}{secrets.token_hex(3)}"
-        body = {"name": name, "source": {"type": "image", "alias": IMAGE_ALIAS}, "config": config or {}}
+        body = {"name": name, "source": {"type": "image", "alias": image}, "config": config or {}}
         lxdapi.wait(lxd_client, lxd_client.api.instances.post(json=body))
         made.append(name)
         if running:

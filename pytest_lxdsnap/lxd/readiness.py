@@ -3,7 +3,7 @@
 Three kinds (:class:`~pytest_lxdsnap.declarations.ReadyCheck`): a command retried until it exits 0, a
 testcontainers wait strategy, or systemd's own verdict on its boot: ``systemctl is-system-running --wait``
 (``running``, or ``degraded`` when allowed; a failure lists the failed units). Whether PID 1 is systemd is read
-from ``/proc/1/comm`` (:func:`pid1_is_systemd`): containers that declare no check are waited for when it is.
+from ``/proc/1/exe`` (:func:`pid1_is_systemd`): containers that declare no check are waited for when it is.
 """
 
 from __future__ import annotations
@@ -62,12 +62,14 @@ def wait_ready(client: pylxd.Client, instance: str, check: ReadyCheck, container
 
 
 def pid1_is_systemd(client: pylxd.Client, instance: str, *, disposable: bool = True) -> bool:
-    """Whether the running instance's PID 1 is systemd (``/proc/1/comm``; LXD's file API reads /proc as empty)."""
+    """Whether the running instance's PID 1 is systemd: the binary ``/proc/1/exe`` points at (``/proc/1/comm``
+    says "init" for the first moments after a start, until systemd renames itself; LXD's file API reads /proc
+    files as empty)."""
     try:
-        result = exec_command(client, instance, ["cat", "/proc/1/comm"], timeout=10, keep_logs=disposable)
+        result = exec_command(client, instance, ["readlink", "/proc/1/exe"], timeout=10, keep_logs=disposable)
     except ExecError:
         return False
-    return result.exit_code == 0 and result.stdout.strip() == "systemd"
+    return result.exit_code == 0 and result.stdout.strip().rsplit("/", 1)[-1] == "systemd"
 
 
 def wait_systemd(client: pylxd.Client, instance: str, check: ReadyCheck, container: str, *, where: str,

@@ -271,9 +271,23 @@ class LxdSession:
         declared = spec.ready if spec is not None else self.existing[name].ready if name in self.existing else None
         if declared is not None:
             return declared
+        return SYSTEMD_READY if self.runs_systemd(name, instance) else READY_OFF
+
+    def runs_systemd(self, name: str, instance: str) -> bool:
+        """Whether container ``name``'s PID 1 is systemd (asked of the running ``instance`` once per session)."""
         if name not in self._systemd:
             self._systemd[name] = pid1_is_systemd(self.client_for(name), instance, disposable=name in self.specs)
-        return SYSTEMD_READY if self._systemd[name] else READY_OFF
+        return self._systemd[name]
+
+    def wait_for_boot(self, name: str, instance: str) -> None:
+        """Before a declared container's provision commands: when its PID 1 is systemd, its boot has finished (a
+        provision command that runs ``systemctl`` earlier finds no bus). Skipped with ``ready = false``; a
+        degraded boot is the readiness check's to judge, after provisioning."""
+        ready = self.specs[name].ready
+        if (ready is not None and ready.off) or not self.runs_systemd(name, instance):
+            return
+        check = replace(SYSTEMD_READY, timeout=ready.timeout) if ready is not None and ready.systemd else SYSTEMD_READY
+        wait_ready(self.own, instance, check, name, where=declared_where(name))
 
     def _note_pool(self, tracked: Tracked) -> None:
         if tracked.pool_driver == "dir" and not any(f"pool {tracked.pool!r}" in n for n in self.notices):

@@ -202,6 +202,8 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
                            f"{describe(exc)}{config_key_hint(s, spec, describe(exc))}") from None
     s.stages[spec.name] = "starting"
     lxdapi.set_power(client, instance, "start")
+    s.stages[spec.name] = "booting"
+    s.wait_for_boot(spec.name, instance)
     if spec.package_cache:
         s.stages[spec.name] = f"pointing apt at the package cache {spec.package_cache}"
         aptproxy.configure_apt(client, instance, spec.name, f"[{TABLE}.containers.{spec.name}]")

@@ -23,7 +23,6 @@ def check_specs(s: LxdSession, client: pylxd.Client) -> None:
     profiles = [p.rsplit("/", 1)[-1] for p in lxdapi.listing(client.api.profiles, recursion=False)]
     images = lxdapi.listing(client.api.images)
     aliases = sorted(a["name"] for img in images for a in img.get("aliases") or [])
-    check_package_caches(s)
     for spec in s.specs.values():
         path = f"[{TABLE}.containers.{spec.name}]"
         if spec.pool is not None and spec.pool not in pools:
@@ -49,6 +48,7 @@ def check_specs(s: LxdSession, client: pylxd.Client) -> None:
                    f"lxdsnap/debian-12; `{s.commands('image import FILE --alias NAME')}` adds your own")
             raise ConfigError(f"{path} image: no local image {spec.image!r}; valid choices: "
                               f"{', '.join(aliases) or 'none'}. {how}")
+    check_package_caches(s)
 
 
 def check_package_caches(s: LxdSession) -> None:
