@@ -7,18 +7,23 @@ import fnmatch
 import os
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pylxd
 import pytest
 
+from pytest_lxdsnap.declarations import PACKAGE_CACHE
 from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, alias_exists
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.host.packagecache import describe_cache
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.backends import BACKENDS, INCUS
 from pytest_lxdsnap.lxd.commands import Commands
@@ -86,6 +91,45 @@ def lxd_client() -> pylxd.Client:
     if server != BACKEND.name:
         pytest.fail(f"LXDSNAP_BACKEND={BACKEND.name}, but the daemon at {default_socket()} is {server}", pytrace=False)
     return client
+
+
+def need(what: str, fix: str) -> NoReturn:
+    """Fail in CI (CI=true), skip elsewhere, for what the systemd tier needs beyond the daemon."""
+    message = f"these tests need {what}: run `{fix}` (as root), or `make setup-debian`"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def debian(lxd_client: pylxd.Client) -> str:
+    """The Debian 12 systemd image (`lxdsnap setup --image debian`) on the suite's daemon."""
+    if not alias_exists(lxd_client, DEBIAN_ALIAS):
+        need(f"the image {DEBIAN_ALIAS} on {BACKEND.name}",
+             "lxdsnap setup --incus --image debian" if BACKEND is INCUS else "lxdsnap setup --image debian")
+    return DEBIAN_ALIAS
+
+
+@pytest.fixture(scope="session")
+def package_cache() -> str:
+    """The host's package cache (`lxdsnap setup --package-cache`), answering."""
+    answers, detail = describe_cache()
+    if not answers:
+        need(f"the host's package cache ({detail})", "lxdsnap setup --package-cache")
+    return PACKAGE_CACHE
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (now), below 32768 (apt-cacher-ng takes no higher one)."""
+    for _ in range(100):
+        port = 20000 + secrets.randbelow(12000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 def run_command(line: str) -> str:

@@ -8,29 +8,22 @@ or cache fails these tests; elsewhere they are skipped with the command to run.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-from pytest_lxdsnap.declarations import PACKAGE_CACHE
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.host import hostsetup
-from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, alias_exists
-from pytest_lxdsnap.host.packagecache import describe_cache
 from pytest_lxdsnap.lxd.connection import Endpoint
 
 from .conftest import (
-    BACKEND,
-    INCUS,
     NEVER_RUNS,
     PYPROJECT,
     assert_summary,
+    free_port,
     instance_names,
     lxc,
     lxc_exec_status,
@@ -50,30 +43,6 @@ provision = ["apt-get update -q"]
 """The declaration that goes with the README's first example (docs/howto/systemd.md shows it)."""
 
 
-def need(what: str, fix: str) -> NoReturn:
-    message = f"the systemd tier needs {what}: run `{fix}` (as root)"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def debian(lxd_client) -> str:
-    """The Debian 12 systemd image on the suite's daemon."""
-    if not alias_exists(lxd_client, DEBIAN_ALIAS):
-        need(f"the image {DEBIAN_ALIAS} on {BACKEND.name}",
-             "lxdsnap setup --incus --image debian" if BACKEND is INCUS else "lxdsnap setup --image debian")
-    return DEBIAN_ALIAS
-
-
-@pytest.fixture(scope="session")
-def package_cache() -> str:
-    answers, detail = describe_cache()
-    if not answers:
-        need(f"the host's package cache ({detail})", "lxdsnap setup --package-cache")
-    return PACKAGE_CACHE
-
-
 def booted(instance: str) -> str:
     """What `systemctl is-system-running --wait` says in the instance (checked from outside the plugin)."""
     for _ in range(100):  # right after a start systemd may not answer on its bus yet
@@ -86,13 +55,6 @@ def booted(instance: str) -> str:
 
 def subprocess_out(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def one_line(text: str) -> str:

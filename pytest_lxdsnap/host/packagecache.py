@@ -7,7 +7,8 @@ debian_archive`), whatever Debian mirror a container asks for, and keeps them in
 
 A cache that already answers there (a system service, an earlier setup) is used as it is. Otherwise the package
 is installed and the daemon started detached, as the ``apt-cacher-ng`` user, bound to 127.0.0.1 only (no service
-manager is needed, as for the LXD daemon); the process is recorded, so ``lxdsnap setup --undo`` stops it.
+manager is needed, as for the LXD daemon, and it detaches itself); the process is recorded, so
+``lxdsnap setup --undo`` stops it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CONFIG_DIR = "/etc/apt-cacher-ng"
 RUN_DIR = Path("/run/apt-cacher-ng")
 LOG_FILE = "/var/log/apt-cacher-ng/lxdsnap-daemon.log"
 START_WAIT = 15.0
+MAX_PORT = 32767  # apt-cacher-ng 3.7 reads its port as a signed 16-bit number: higher ones never bind
 SETUP_HINT = "lxdsnap setup --package-cache"
 
 
@@ -81,12 +83,15 @@ def ensure_package_cache(log: Log, changes: ChangeLog | None = None, address: st
                            f"`{SETUP_HINT}`")
     ensure_packages([PACKAGE], log, changes, why="the package cache")
     host, port = split(address)
+    if port > MAX_PORT:
+        raise LxdSnapError(f"apt-cacher-ng cannot listen on port {port} (it takes ports up to {MAX_PORT}): pick "
+                           "a lower one")
     mirror = host_mirror()
     pid = start(host, port, mirror)
     deadline = time.monotonic() + START_WAIT
     while cache_answers(address) != PACKAGE:
         if time.monotonic() > deadline or not alive(pid):
-            stop(pid)
+            stop(pid, address)
             raise LxdSnapError(f"apt-cacher-ng was started but does not answer at {address} within {START_WAIT:g} s; "
                                f"see {LOG_FILE} and /var/log/apt-cacher-ng/apt-cacher.err")
         time.sleep(0.1)
@@ -106,19 +111,36 @@ def host_mirror() -> str | None:
 
 
 def start(host: str, port: int, mirror: str | None) -> int:
-    """Start apt-cacher-ng in the foreground of a new session (it outlives setup), as its own user. Requests for
-    any Debian mirror go to ``mirror`` (the package's default sends them to a mirror of its own choosing, which a
-    host that reaches only its own mirror cannot resolve)."""
+    """Start apt-cacher-ng as its own user; it detaches itself (as its init script has it do) and writes its pid
+    to a file of ours. Requests for any Debian mirror go to ``mirror`` (the package's default sends them to a
+    mirror of its own choosing, which a host that reaches only its own mirror cannot resolve)."""
     user = pwd.getpwnam(PACKAGE)
     RUN_DIR.mkdir(mode=0o2755, exist_ok=True)  # its socket lives here; the init script makes it, we have none
     os.chown(RUN_DIR, user.pw_uid, user.pw_gid)
-    remap = [f"Remap-debrep=file:deb_mirror*.gz /debian ; {mirror}"] if mirror else []
+    pidfile, control = run_files(port)
+    pidfile.unlink(missing_ok=True)
+    options = [f"BindAddress={host}", f"Port={port}", f"PidFile={pidfile}"]
+    if mirror:
+        options.append(f"Remap-debrep=file:deb_mirror*.gz /debian ; {mirror}")
+    if (host, port) != split(PACKAGE_CACHE):  # a second cache beside the usual one: its own control socket
+        options.append(f"SocketPath={control}")
     with open(os.devnull, "rb") as devnull, open(LOG_FILE, "ab") as out:
-        process = subprocess.Popen(
-            [DAEMON, "-c", CONFIG_DIR, "ForeGround=1", f"BindAddress={host}", f"Port={port}", *remap],
-            stdin=devnull, stdout=out, stderr=out, start_new_session=True, cwd="/",
-            user=user.pw_uid, group=user.pw_gid, extra_groups=[])
-    return process.pid
+        subprocess.run([DAEMON, "-c", CONFIG_DIR, "ForeGround=0", *options], stdin=devnull, stdout=out, stderr=out,
+                       start_new_session=True, cwd="/", user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                       check=False, timeout=START_WAIT)
+    deadline = time.monotonic() + START_WAIT
+    while time.monotonic() < deadline:
+        text = pidfile.read_text().strip() if pidfile.is_file() else ""
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.05)
+    raise LxdSnapError(f"apt-cacher-ng did not start (no {pidfile} within {START_WAIT:g} s); see {LOG_FILE} and "
+                       "/var/log/apt-cacher-ng/apt-cacher.err")
+
+
+def run_files(port: int) -> tuple[Path, Path]:
+    """The pid file setup has apt-cacher-ng write, and the control socket of a second cache on ``port``."""
+    return RUN_DIR / f"lxdsnap-{port}.pid", RUN_DIR / f"lxdsnap-{port}.socket"
 
 
 def alive(pid: int) -> bool:
@@ -144,16 +166,19 @@ def is_recorded_process(pid: int, started: int) -> bool:
         return False
 
 
-def stop(pid: int, wait: float = 10.0) -> None:
-    """SIGTERM the apt-cacher-ng setup started, and wait for it to end."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + wait
-    while alive(pid) and time.monotonic() < deadline:
+def stop(pid: int, address: str | None = None, wait: float = 10.0) -> None:
+    """SIGTERM the apt-cacher-ng setup started (by its pid, nothing else), wait for it to end, and remove the run
+    files it leaves (those of ``address``'s port)."""
+    if alive(pid):
         try:
-            os.waitpid(pid, os.WNOHANG)  # our own child when setup started it in this process
-        except ChildProcessError:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
             pass
-        time.sleep(0.1)
+        deadline = time.monotonic() + wait
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if address is not None:
+        pidfile, control = run_files(split(address)[1])
+        pidfile.unlink(missing_ok=True)
+        if address != PACKAGE_CACHE:
+            control.unlink(missing_ok=True)

@@ -156,7 +156,7 @@ def apply(change: Change) -> None:
     if change.kind in ("apt-source", "cache-file"):
         Path(d["path"]).unlink()
     elif change.kind == "package-cache":
-        packagecache.stop(d["pid"])
+        packagecache.stop(d["pid"], d["address"])
     elif change.kind == "fast-stop":
         stophook.disable(recorded_hook(d))
     elif change.kind == "daemon":
