@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint package bench bench-paired bench-transport soak clean-lxd
+.PHONY: install setup setup-incus setup-debian setup-incus-debian test test-incus demo lint package bench bench-paired \
+	bench-transport soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -23,14 +24,23 @@ setup: install
 setup-incus: install
 	$(BIN)/lxdsnap setup --incus
 
-# The full test suite, against the real LXD daemon.
-test: setup
+# The systemd tier's needs: the Debian 12 systemd image lxdsnap/debian-12 (debootstrap from the host's Debian
+# mirror, about 90 s, once per machine: kept as the image and as a tarball for the other daemon) and the host's
+# package cache (apt-cacher-ng on 127.0.0.1:3142). Idempotent: a second run changes nothing.
+setup-debian: setup
+	$(BIN)/lxdsnap setup --image debian --package-cache
+
+setup-incus-debian: setup-incus
+	$(BIN)/lxdsnap setup --incus --image debian --package-cache
+
+# The full test suite (the systemd tier included), against the real LXD daemon.
+test: setup setup-debian
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The same suite against the real Incus daemon (LXDSNAP_BACKEND=incus: its socket, `incus` for `lxc`).
-test-incus: setup-incus
+test-incus: setup-incus setup-incus-debian
 	LXDSNAP_BACKEND=incus $(BIN)/pytest $(PYTEST_ARGS)
 
 # The examples, against the real LXD daemon, with the plugin's summary.
