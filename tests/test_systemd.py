@@ -214,7 +214,7 @@ image = "lxdsnap/busybox"
                 "base_machine_id": read_file(web.client, base, "/etc/machine-id").decode().strip(),
                 "hostname_file": web.read_text("/etc/hostname").strip(),
                 "hostname": web.exec(["hostname"]).stdout.strip(),
-                "seed": web.exists("/var/lib/systemd/random-seed"),
+                "seed": web.read_text("/var/lib/systemd/random-seed"),
                 "base_seed": len(read_file(web.client, base, "/var/lib/systemd/random-seed")),
                 "journal_id": web.exec(["journalctl", "--header", "--no-pager"]).stdout,
             }))
@@ -230,7 +230,7 @@ image = "lxdsnap/busybox"
     assert len(ids) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
     for clone in (first, second):
         assert clone["hostname_file"] == clone["hostname"] == clone["instance"]
-        assert not clone["seed"] and clone["base_seed"] == 512
+        assert clone["seed"] == "" and clone["base_seed"] == 512
         assert clone["machine_id"] in clone["journal_id"].replace("-", "")
 
 

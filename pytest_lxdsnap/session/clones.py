@@ -1,8 +1,8 @@
 """Fresh copy-on-write clones of a declared container's baseline, prepared ahead and retired behind.
 
 A clone is ``<base instance>-<n>``, copied from the baseline snapshot (it inherits the session's tags,
-so only this session may delete it), given its own machine-id and hostname (:mod:`pytest_lxdsnap.lxd.identity`),
-started, and checked for readiness before a test takes it. Used
+so only this session may delete it), started (LXD gives it its own machine-id and hostname on this first start:
+:mod:`pytest_lxdsnap.lxd.identity`), and checked for readiness before a test takes it. Used
 clones are stopped and deleted in the background; :meth:`ClonePool.close` waits for all of it.
 """
 
@@ -18,7 +18,6 @@ import pylxd
 
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.lxd import lxdapi
-from pytest_lxdsnap.lxd.identity import give_identity, has_machine_id
 from pytest_lxdsnap.safety.ownership import CREATED_KEY, OWNER_KEY, SessionIdentity
 
 MAX_INSTANCE_NAME = 63
@@ -99,7 +98,6 @@ class ClonePool:
         self._retiring: list[Future[None]] = []
         self._error: LxdSnapError | None = None
         self.prepare_seconds: list[float] = []  # each clone's copy + start + readiness, off the critical path
-        self._machine_id: bool | None = None  # the baseline has /etc/machine-id: clones get their own identity
 
     # -- the test's side -------------------------------------------------------------------------
     def take(self) -> str:
@@ -178,16 +176,12 @@ class ClonePool:
             raise LxdSnapError(f"cloning container {self.container!r} from {self.base}/{self.snapshot} failed: "
                                f"{lxdapi.describe(exc)}") from None
         try:
-            if self._machine_id is None:
-                self._machine_id = has_machine_id(self._client, name)
-            if self._machine_id:
-                give_identity(self._client, name)  # before it boots: no identity shared with the base
             lxdapi.set_power(self._client, name, "start")
             if self._ready is not None:
                 self._ready(name)
         except BaseException as exc:
             self._delete(name)
-            if isinstance(exc, lxdapi.LXD_FAULTS | OSError):
+            if isinstance(exc, lxdapi.LXD_FAULTS):
                 raise LxdSnapError(f"starting clone {name} of container {self.container!r} failed: "
                                    f"{lxdapi.describe(exc)}") from None
             raise

@@ -16,6 +16,7 @@ from pytest_lxdsnap.declarations import FINGERPRINT, REMOTES, TABLE, ContainerSp
 from pytest_lxdsnap.errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError
 from pytest_lxdsnap.lxd import aptproxy, lxdapi, ports
 from pytest_lxdsnap.lxd.execution import exec_command
+from pytest_lxdsnap.lxd.identity import install_identity_templates
 from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, describe
 from pytest_lxdsnap.model import Tracked
 from pytest_lxdsnap.safety import claims, zfs
@@ -221,6 +222,7 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
     s.stages[spec.name] = "waiting until ready"
     s.check_ready(spec.name, instance)
     ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
+    install_identity_templates(client, instance)  # every clone of the baseline gets its own machine-id, hostname
     s.stages[spec.name] = "taking the baseline snapshot"
     start = time.perf_counter()
     take_baseline()
