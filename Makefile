@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-incus demo lint package bench bench-paired \
-	bench-transport soak clean-lxd
+	bench-transport bench-systemd soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -75,6 +75,10 @@ bench-paired: setup
 # HTTPS against the unix socket, for LXD and Incus (connect, exec, in-place reset, clone): medians, ratios.
 bench-transport: setup setup-incus
 	$(BIN)/python benchmarks/transport.py $(BENCH_ARGS)
+
+# The systemd tier's costs on lxdsnap/debian-12: clone identity, systemd waits, apt through the package cache.
+bench-systemd: setup-debian
+	$(BIN)/python benchmarks/systemd_costs.py $(BENCH_ARGS)
 
 # 500 tests x 2 containers in one session: no leaked instances, snapshots, threads or fds, flat resets.
 soak: setup
