@@ -7,7 +7,8 @@ DOCS_STAMP := $(VENV)/.docs-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-fast test-incus demo lint package docs bench bench-paired bench-transport bench-load soak clean-lxd
+.PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
+	bench bench-paired bench-transport bench-load bench-systemd soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -32,14 +33,23 @@ test-fast: install
 	$(BIN)/mypy
 	$(BIN)/pytest tests/unit -p no:cacheprovider $(PYTEST_ARGS)
 
-# The full test suite (tests/unit included), against the real LXD daemon.
-test: setup
+# The systemd tier's needs: the Debian 12 systemd image lxdsnap/debian-12 (debootstrap from the host's Debian
+# mirror, about 90 s, once per machine: kept as the image and as a tarball for the other daemon) and the host's
+# package cache (apt-cacher-ng on 127.0.0.1:3142). Idempotent: a second run changes nothing.
+setup-debian: setup
+	$(BIN)/lxdsnap setup --image debian --package-cache
+
+setup-incus-debian: setup-incus
+	$(BIN)/lxdsnap setup --incus --image debian --package-cache
+
+# The full test suite (tests/unit and the systemd tier included), against the real LXD daemon.
+test: setup setup-debian
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The same suite against the real Incus daemon (LXDSNAP_BACKEND=incus: its socket, `incus` for `lxc`).
-test-incus: setup-incus
+test-incus: setup-incus setup-incus-debian
 	LXDSNAP_BACKEND=incus $(BIN)/pytest $(PYTEST_ARGS)
 
 # The examples, against the real LXD daemon, with the plugin's summary.
@@ -89,6 +99,10 @@ bench-load: install
 # HTTPS against the unix socket, for LXD and Incus (connect, exec, in-place reset, clone): medians, ratios.
 bench-transport: setup setup-incus
 	$(BIN)/python benchmarks/transport.py $(BENCH_ARGS)
+
+# The systemd tier's costs on lxdsnap/debian-12: clone identity, systemd waits, apt through the package cache.
+bench-systemd: setup-debian
+	$(BIN)/python benchmarks/systemd_costs.py $(BENCH_ARGS)
 
 # 500 tests x 2 containers in one session: no leaked instances, snapshots, threads or fds, flat resets.
 soak: setup

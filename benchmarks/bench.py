@@ -384,7 +384,8 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=2400, help="the large rootfs for snapshot times (0: skip)")
     parser.add_argument("--image", default=IMAGE_ALIAS)
     parser.add_argument("--debian", action="store_true",
-                        help="also measure a realistic Debian 12 + systemd image (built with debootstrap once)")
+                        help="also measure the Debian 12 + systemd image lxdsnap/debian-12 (built as `lxdsnap setup "
+                             "--image debian` builds it, once per machine)")
     parser.add_argument("--chart", type=Path, default=Path("benchmarks/results.png"))
     parser.add_argument("--stop-hook", choices=["as-is", "both"], default="as-is",
                         help="both: also measure the btrfs suites and in-place resets with lxcfs's stop hook "
@@ -472,10 +473,11 @@ def main() -> None:
         out.append(table("Other targets", ["measure", "value", "ratio"], rows))
         print(out[-1], flush=True)
         if args.debian:
-            from debian_image import READY, ensure_debian_image
+            from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, ensure_debian_image
 
-            debian = ensure_debian_image(client)
-            suite = suite_overheads(cow, debian, args.tests, args.repeats, ready=READY)
+            ensure_debian_image(Endpoint(), log=print)  # `lxdsnap setup --image debian`: once per machine
+            debian = DEBIAN_ALIAS
+            suite = suite_overheads(cow, debian, args.tests, args.repeats, ready='"systemd"')
             resets = {label: inplace_resets(pool, debian, max(args.rounds // 3, 3)) for label, pool in chosen.items()}
             rows = [[HAND_VARIANTS.get(v, f"plugin {v}"), f"{suite[v] * 1000:.0f}",
                      f"{suite['tutorial'] / suite[v]:.1f}x"] for v in ["tutorial", "fresh", *PLUGIN_VARIANTS]]

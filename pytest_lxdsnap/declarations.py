@@ -1,4 +1,5 @@
-"""The ``[tool.lxdsnap]`` table of pyproject.toml: declared containers, validated with exact key paths."""
+"""The ``[tool.lxdsnap]`` table of pyproject.toml: declared containers and settings for existing ones, validated
+with exact key paths."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ REMOTES = {
     "ubuntu-daily": ("https://cloud-images.ubuntu.com/daily", "simplestreams"),
 }
 """Image servers a ``remote:alias`` image may name (the lxc client's default remotes)."""
-TOP_KEYS = {"containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each"}
+TOP_KEYS = {
+    "containers": "table of declared containers, one [tool.lxdsnap.containers.<name>] each",
+    "existing": "table of settings for existing containers, one [tool.lxdsnap.existing.<instance>] each",
+}
 CONTAINER_KEYS = {
     "image": "local image alias or fingerprint (required), or remote:alias",
     "pool": "storage pool for the root disk",
@@ -30,11 +34,21 @@ CONTAINER_KEYS = {
     "provision": "list of shell commands run once after launch, before the baseline snapshot",
     "strategy": "how tests get a clean state: " + ", ".join(STRATEGIES) + " (default: --lxd-strategy, or auto)",
     "scope": "how long a state lives: " + ", ".join(SCOPES) + " (default: function)",
-    "ready": "readiness check run before the baseline snapshot and on every fresh clone or restore: a command "
-             "(string or argv list), or a table {command = ..., timeout = seconds}",
+    "ready": "readiness check run before the baseline snapshot and on every fresh clone or restore: \"systemd\" "
+             "(systemctl is-system-running --wait), a command (string or argv list), a table {systemd = true, "
+             "allow_degraded = false, timeout = seconds} or {command = ..., timeout = seconds}, or false for none "
+             "(default: \"systemd\" when PID 1 is systemd, else none)",
+    "package_cache": "true: apt in the container fetches through the host's package cache on 127.0.0.1:3142 "
+                     "(`lxdsnap setup --package-cache`); or \"host:port\" of another cache (default: false)",
     "target": "LXD cluster member to launch on, or a list of members that pytest-xdist workers are spread over",
 }
+EXISTING_KEYS = {
+    "ready": "readiness check after every in-place restore of the running container, as for declared containers "
+             "(default: \"systemd\" when PID 1 is systemd, else none); false for none",
+}
 DEFAULT_READY_TIMEOUT = 60.0
+PACKAGE_CACHE = "127.0.0.1:3142"
+"""Where ``package_cache = true`` finds the host's cache (``lxdsnap setup --package-cache`` starts it there)."""
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
 """A declared container's name: short, so the names of its clones and kept copies fit LXD's 63 characters."""
 
@@ -46,13 +60,27 @@ def is_instance_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ReadyCheck:
-    """A command that must exit 0 (retried until ``timeout``), or a testcontainers wait strategy
-    (``"module:attribute"``), that must pass before a test sees the container."""
+    """What must pass before a test sees the container: a command that must exit 0 (retried until ``timeout``),
+    a testcontainers wait strategy (``"module:attribute"``), or systemd's boot (``systemctl is-system-running
+    --wait`` says ``running``, or ``degraded`` when ``allow_degraded``). None of the three: no check at all
+    (``ready = false``)."""
 
     command: str | tuple[str, ...] | None
     timeout: float = DEFAULT_READY_TIMEOUT
     interval: float = 0.1
     wait_strategy: str | None = None
+    systemd: bool = False
+    allow_degraded: bool = True
+
+    @property
+    def off(self) -> bool:
+        return self.command is None and self.wait_strategy is None and not self.systemd
+
+
+READY_OFF = ReadyCheck(None)
+"""``ready = false``: no check, not even waiting for systemd."""
+SYSTEMD_READY = ReadyCheck(None, systemd=True)
+"""``ready = "systemd"``, and what a container whose PID 1 is systemd gets when it declares no ``ready``."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +97,7 @@ class ContainerSpec:
     scope: str | None = None
     ready: ReadyCheck | None = None
     targets: tuple[str, ...] = ()  # cluster members; xdist worker n uses targets[n % len(targets)]
+    package_cache: str | None = None  # "host:port" of the host's package cache apt in the container goes through
 
     def target_for(self, worker: int) -> str | None:
         """The cluster member worker number ``worker`` launches this container on (None: the server decides)."""
@@ -134,20 +163,76 @@ def parse_container(name: str, table: Any) -> ContainerSpec:
     targets = () if target is None else (target,) if isinstance(target, str) else _str_list(target, f"{path} target")
     if target is not None and (not targets or not all(targets)):
         raise ConfigError(f"{path} target: expected a cluster member name or a non-empty list of them, got {target!r}")
-    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready, targets)
+    cache = parse_package_cache(table["package_cache"], f"{path} package_cache") if "package_cache" in table else None
+    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready, targets, cache)
+
+
+@dataclass(frozen=True)
+class ExistingSpec:
+    """Settings for an existing container (one the suite does not declare): ``[tool.lxdsnap.existing.<name>]``."""
+
+    name: str
+    ready: ReadyCheck | None = None  # None: "systemd" when its PID 1 is systemd, else no check
+
+
+def parse_existing(name: str, table: Any) -> ExistingSpec:
+    path = f"[{TABLE}.existing.{name}]"
+    if not is_instance_name(name):
+        raise ConfigError(f"{path}: not an LXD instance name (letters, digits and '-', starting with a letter, at "
+                          "most 63 characters)")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(EXISTING_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {_choices(EXISTING_KEYS)}")
+    return ExistingSpec(name, parse_ready(table["ready"], f"{path} ready") if "ready" in table else None)
+
+
+def parse_package_cache(value: Any, path: str) -> str | None:
+    """``true`` (the host's cache at 127.0.0.1:3142), ``false``, or ``"host:port"``."""
+    if value is True:
+        return PACKAGE_CACHE
+    if value is False:
+        return None
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{path}: expected true (the cache `lxdsnap setup --package-cache` starts on "
+                          f"{PACKAGE_CACHE}), false, or \"host:port\" of another apt cache, got {value!r}")
+    return f"{host}:{int(port)}"
+
+
+READY_KEYS = ("command", "wait_strategy", "systemd", "allow_degraded", "timeout")
 
 
 def parse_ready(value: Any, path: str) -> ReadyCheck:
-    """``ready = "cmd"``, ``["argv", ...]``, ``{command = ..., timeout = 30}`` or
-    ``{wait_strategy = "module:attribute", timeout = 30}`` (a testcontainers wait strategy, or a callable
-    returning one)."""
+    """``ready = "systemd"``, ``"cmd"``, ``["argv", ...]``, ``false``, ``{systemd = true, allow_degraded = false,
+    timeout = 120}``, ``{command = ..., timeout = 30}`` or ``{wait_strategy = "module:attribute", timeout = 30}``
+    (a testcontainers wait strategy, or a callable returning one)."""
+    if value is False:
+        return READY_OFF
+    if value == "systemd":
+        return SYSTEMD_READY
+    if value is True:
+        raise ConfigError(f"{path}: true is not a check; give \"systemd\", a command (string or argv list), a table "
+                          "{systemd = true, ...} or {command = ..., timeout = ...}, or false for none")
     table = value if isinstance(value, dict) else {"command": value}
-    unknown = sorted(set(table) - {"command", "timeout", "wait_strategy"})
+    unknown = sorted(set(table) - set(READY_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: command, wait_strategy, timeout")
-    if ("command" in table) == ("wait_strategy" in table):
-        raise ConfigError(f"{path}: give exactly one of command (a shell command or argv list) and wait_strategy "
-                          "(\"module:attribute\" naming a testcontainers wait strategy)")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(READY_KEYS)}")
+    if sum(k in table for k in ("command", "wait_strategy", "systemd")) != 1:
+        raise ConfigError(f"{path}: give exactly one of command (a shell command or argv list), wait_strategy "
+                          "(\"module:attribute\" naming a testcontainers wait strategy) and systemd = true")
+    timeout = _timeout(table, path)
+    if "systemd" in table:
+        if table["systemd"] is not True:
+            raise ConfigError(f"{path} systemd: expected true (leave ready out, or ready = false, for no wait), "
+                              f"got {table['systemd']!r}")
+        allow = table.get("allow_degraded", True)
+        if not isinstance(allow, bool):
+            raise ConfigError(f"{path} allow_degraded: expected true or false, got {allow!r}")
+        return ReadyCheck(None, timeout, systemd=True, allow_degraded=allow)
+    if "allow_degraded" in table:
+        raise ConfigError(f"{path} allow_degraded: only with systemd = true")
     strategy = table.get("wait_strategy")
     if strategy is not None and (not isinstance(strategy, str) or ":" not in strategy):
         raise ConfigError(f"{path} wait_strategy: expected \"module:attribute\", got {strategy!r}")
@@ -156,27 +241,50 @@ def parse_ready(value: Any, path: str) -> ReadyCheck:
         command = _str_list(command, f"{path} command")
     if strategy is None and (not command or not isinstance(command, str | tuple)):
         raise ConfigError(f"{path} command: expected a shell command (string) or an argv list, got {command!r}")
+    return ReadyCheck(command, timeout, wait_strategy=strategy)
+
+
+def _timeout(table: dict[str, Any], path: str) -> float:
     timeout = table.get("timeout", DEFAULT_READY_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(f"{path} timeout: expected a positive number of seconds, got {timeout!r}")
-    return ReadyCheck(command, float(timeout), wait_strategy=strategy)
+    return float(timeout)
 
 
 def parse_table(data: dict[str, Any]) -> dict[str, ContainerSpec]:
     """Validate a ``[tool.lxdsnap]`` table (as a dict) into container specs by name."""
+    return parse_all(data)[0]
+
+
+def parse_all(data: dict[str, Any]) -> tuple[dict[str, ContainerSpec], dict[str, ExistingSpec]]:
+    """Validate a ``[tool.lxdsnap]`` table (as a dict): declared containers and existing ones' settings, by name."""
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"[{TABLE}]: unknown key {unknown[0]!r}; valid keys: {_choices(TOP_KEYS)}")
-    containers = data.get("containers", {})
-    if not isinstance(containers, dict):
-        raise ConfigError(f"[{TABLE}] containers: expected a table of tables, got {type(containers).__name__}")
-    return {name: parse_container(name, table) for name, table in containers.items()}
+    tables = {}
+    for key in TOP_KEYS:
+        tables[key] = data.get(key, {})
+        if not isinstance(tables[key], dict):
+            raise ConfigError(f"[{TABLE}] {key}: expected a table of tables, got {type(tables[key]).__name__}")
+    declared = {name: parse_container(name, table) for name, table in tables["containers"].items()}
+    existing = {name: parse_existing(name, table) for name, table in tables["existing"].items()}
+    both = sorted(set(declared) & set(existing))
+    if both:
+        raise ConfigError(f"[{TABLE}.existing.{both[0]}]: {both[0]!r} is also declared in [{TABLE}.containers."
+                          f"{both[0]}]; a declared container takes its settings from there: remove one")
+    return declared, existing
 
 
 def load(pyproject: Path) -> dict[str, ContainerSpec]:
     """Declared containers from ``pyproject`` (none when the file or the table is absent)."""
+    return load_all(pyproject)[0]
+
+
+def load_all(pyproject: Path) -> tuple[dict[str, ContainerSpec], dict[str, ExistingSpec]]:
+    """Declared containers and existing containers' settings from ``pyproject`` (none when the file or the
+    table is absent)."""
     if not pyproject.is_file():
-        return {}
+        return {}, {}
     try:
         with pyproject.open("rb") as fh:
             document = tomllib.load(fh)
@@ -184,7 +292,7 @@ def load(pyproject: Path) -> dict[str, ContainerSpec]:
         raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
     table = document.get("tool", {}).get("lxdsnap")
     if table is None:
-        return {}
+        return {}, {}
     if not isinstance(table, dict):
         raise ConfigError(f"[{TABLE}] in {pyproject}: expected a table")
-    return parse_table(table)
+    return parse_all(table)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_lxdsnap import report
-from pytest_lxdsnap.declarations import ContainerSpec, load
+from pytest_lxdsnap.declarations import ContainerSpec, ExistingSpec, load_all
 from pytest_lxdsnap.errors import ConfigError, LxdSnapError, LxdUnreachable, ResetError
 from pytest_lxdsnap.interrupts import InterruptGuard
 from pytest_lxdsnap.lxd.connection import (
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests neve
 OPTIONS: pytest.StashKey[Options] = pytest.StashKey()
 ENDPOINT: pytest.StashKey[Endpoint] = pytest.StashKey()
 SPECS: pytest.StashKey[dict[str, ContainerSpec]] = pytest.StashKey()
+EXISTING: pytest.StashKey[dict[str, ExistingSpec]] = pytest.StashKey()
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
 NEXT_ITEM: pytest.StashKey[pytest.Item | None] = pytest.StashKey()
 REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()
@@ -103,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
                         timeout=options.lxd_timeout, cert=options.lxd_cert or None, key=options.lxd_key or None,
                         server_cert=options.lxd_server_cert or None, insecure=options.lxd_insecure)
     try:
-        config.stash[SPECS] = load(pyproject or Path(config.rootpath) / "pyproject.toml")
+        config.stash[SPECS], config.stash[EXISTING] = load_all(pyproject or Path(config.rootpath) / "pyproject.toml")
         check_tls_files(endpoint)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -166,7 +167,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
     endpoint, specs, worker = config.stash[ENDPOINT], config.stash[SPECS], _worker(config)
     identity = SessionIdentity(token=f"{worker}{secrets.token_hex(3)}") if worker else SessionIdentity()
-    lxd = LxdSession(endpoint, specs, config.stash[OPTIONS], identity=identity, worker=worker)
+    lxd = LxdSession(endpoint, specs, config.stash[OPTIONS], identity=identity, worker=worker,
+                     existing=config.stash[EXISTING])
     lxd.on_provision, lxd.on_ready = session_callbacks(config, lxd)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")

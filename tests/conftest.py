@@ -10,12 +10,16 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pylxd
 import pytest
 
+from pytest_lxdsnap.declarations import PACKAGE_CACHE
 from pytest_lxdsnap.errors import LxdSnapError
+from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, alias_exists
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.host.packagecache import describe_cache
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.backends import INCUS
 from pytest_lxdsnap.lxd.connection import Endpoint, connect, default_socket
@@ -63,14 +67,42 @@ def lxd_client() -> pylxd.Client:
     return client
 
 
+def need(what: str, fix: str) -> NoReturn:
+    """Fail in CI (CI=true), skip elsewhere, for what the systemd tier needs beyond the daemon."""
+    message = f"these tests need {what}: run `{fix}` (as root), or `make setup-debian`"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def debian(lxd_client: pylxd.Client) -> str:
+    """The Debian 12 systemd image (`lxdsnap setup --image debian`) on the suite's daemon."""
+    if not alias_exists(lxd_client, DEBIAN_ALIAS):
+        need(f"the image {DEBIAN_ALIAS} on {BACKEND.name}",
+             "lxdsnap setup --incus --image debian" if BACKEND is INCUS else "lxdsnap setup --image debian")
+    return DEBIAN_ALIAS
+
+
+@pytest.fixture(scope="session")
+def package_cache() -> str:
+    """The host's package cache (`lxdsnap setup --package-cache`), answering."""
+    answers, detail = describe_cache()
+    if not answers:
+        need(f"the host's package cache ({detail})", "lxdsnap setup --package-cache")
+    return PACKAGE_CACHE
+
+
 @pytest.fixture
 def make_instance(lxd_client: pylxd.Client) -> Iterator[Callable[..., str]]:
-    """Create a busybox instance that plays the user's own container; deleted after the test."""
+    """Create an instance (busybox unless ``image`` names another) that plays the user's own container; deleted
+    after the test."""
     made: list[str] = []
 
-    def make(*, running: bool = True, snapshot: str | None = None, config: dict[str, str] | None = None) -> str:
+    def make(*, running: bool = True, snapshot: str | None = None, config: dict[str, str] | None = None,
+             image: str = IMAGE_ALIAS) -> str:
         name = throwaway_name()
-        body = {"name": name, "source": {"type": "image", "alias": IMAGE_ALIAS}, "config": config or {}}
+        body = {"name": name, "source": {"type": "image", "alias": image}, "config": config or {}}
         lxdapi.wait(lxd_client, lxd_client.api.instances.post(json=body))
         made.append(name)
         if running:

@@ -16,6 +16,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -497,3 +498,16 @@ class Https:
         # --opt=PATH: pytest looks for its rootdir and ini file along path-like arguments it does not know yet
         return [f"--lxd-endpoint={self.url}", f"--lxd-cert={self.cert}", f"--lxd-key={self.key}",
                 f"--lxd-server-cert={self.server_cert}"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (now), below 32768 (apt-cacher-ng takes no higher one)."""
+    for _ in range(100):
+        port = 20000 + secrets.randbelow(12000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")

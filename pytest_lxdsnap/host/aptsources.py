@@ -148,8 +148,11 @@ def why_not_debian(entry: AptEntry, suite: str, root: Path = Path("/")) -> str:
             f"not signed with {DEBIAN_KEYRING}")
 
 
-def debian_archive(suite: str, root: Path = Path("/")) -> str:
-    """The URI of the host's Debian archive for ``suite``; LxdSnapError saying what to add when there is none."""
+def debian_archive(suite: str, root: Path = Path("/"), *,
+                   purpose: str = "{suite}-backports (for Incus) cannot be added safely",
+                   instead: str = "add {suite}-backports yourself") -> str:
+    """The URI of the host's Debian archive for ``suite``; LxdSnapError saying what to add when there is none
+    (``purpose``: what cannot be done without it; ``instead``: the other way out; both may name ``{suite}``)."""
     skipped = []
     for entry in read_sources(root):
         if "deb" not in entry.types or suite not in entry.suites or "main" not in entry.components:
@@ -160,11 +163,11 @@ def debian_archive(suite: str, root: Path = Path("/")) -> str:
         skipped.append(f"  {entry.uris[0] if entry.uris else '?'} in {entry.file}: {why}")
     seen = ("\nSources of " + suite + " main that do not count:\n" + "\n".join(skipped)) if skipped else ""
     raise LxdSnapError(
-        f"no apt source of Debian's own archive for {suite} was found, so {suite}-backports (for Incus) cannot "
-        f"be added safely; nothing was written.{seen}\nAdd Debian's archive, for example "
+        f"no apt source of Debian's own archive for {suite} was found, so {purpose.format(suite=suite)}; "
+        f"nothing was written.{seen}\nAdd Debian's archive, for example "
         f"/etc/apt/sources.list.d/debian.sources with\n  Types: deb\n  URIs: <your Debian mirror>/debian\n"
         f"  Suites: {suite} {suite}-updates\n  Components: main\n  Signed-By: {DEBIAN_KEYRING}\n"
-        f"(or run `apt-get update` when the entry has no Signed-By), or add {suite}-backports yourself; then rerun.")
+        f"(or run `apt-get update` when the entry has no Signed-By), or {instead.format(suite=suite)}; then rerun.")
 
 
 def has_suite(suite: str, root: Path = Path("/")) -> bool:

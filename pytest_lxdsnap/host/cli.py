@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pytest_lxdsnap.errors import LxdSnapError
-from pytest_lxdsnap.host.hostsetup import doctor, setup
+from pytest_lxdsnap.host.hostsetup import IMAGES, doctor, setup
 from pytest_lxdsnap.host.setupchanges import STATE_FILE
 from pytest_lxdsnap.host.setupundo import undo
 from pytest_lxdsnap.lxd.backends import INCUS, LXD
@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--undo", action="store_true",
                       help="Reverse what earlier setup runs recorded (with --incus: the Incus side), newest first; "
                            "anything changed since or still in use is left, with the reason")
+    p_setup.add_argument("--image", dest="images", action="append", default=[], metavar="NAME",
+                         choices=sorted(IMAGES),
+                         help="Also make this image (repeatable): debian builds lxdsnap/debian-12 (Debian 12 minbase + "
+                              "systemd + python3) from the host's Debian mirror, about 90 s, once per machine")
+    p_setup.add_argument("--package-cache", action="store_true",
+                         help="Install and start apt-cacher-ng on 127.0.0.1:3142, for package_cache = true in "
+                              "declarations (containers install real packages without a network)")
     p_setup.add_argument("--state-file", type=Path, default=STATE_FILE,
                          help=f"Where setup records its changes for --undo (default {STATE_FILE})")
     sub.add_parser("doctor", parents=[incus], help="Report what is present, what is missing, and the fix for each")
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.undo:
                 return 0 if undo(backend, args.state_file, log) else 1
             setup(endpoint, log=log, pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend,
-                  state_file=args.state_file)
+                  state_file=args.state_file, images=tuple(args.images), package_cache=args.package_cache)
             return 0
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)

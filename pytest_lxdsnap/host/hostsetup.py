@@ -9,7 +9,9 @@ beside this module:
 - :mod:`pytest_lxdsnap.host.aptsources`: Debian's own archive among the apt sources, for Incus's backports;
 - :mod:`pytest_lxdsnap.host.setupchanges`: every change is recorded in ``/var/lib/lxdsnap/setup-changes.json``;
 - :mod:`pytest_lxdsnap.host.setupundo`: ``lxdsnap setup --undo`` reverses them newest first, leaving anything
-  changed since or still in use.
+  changed since or still in use;
+- :mod:`pytest_lxdsnap.host.debian`: ``--image debian`` builds the Debian 12 systemd image from the host's mirror;
+- :mod:`pytest_lxdsnap.host.packagecache`: ``--package-cache`` starts apt-cacher-ng on 127.0.0.1:3142.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from pylxd.exceptions import LXDAPIException, NotFound
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.host import stophook
 from pytest_lxdsnap.host.daemons import have_tool, use_daemon
+from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, ensure_debian_image
 from pytest_lxdsnap.host.image import BUSYBOX, IMAGE_ALIAS, import_image
+from pytest_lxdsnap.host.packagecache import SETUP_HINT, describe_cache, ensure_package_cache
 from pytest_lxdsnap.host.setupchanges import STATE_FILE, Change, ChangeLog, Log
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.backends import INCUS, LXD, Backend
 from pytest_lxdsnap.lxd.connection import Endpoint, connect, default_socket
 
+IMAGES = {"busybox": IMAGE_ALIAS, "debian": DEBIAN_ALIAS}
+"""The images ``lxdsnap setup --image NAME`` makes, by name: busybox always, the others when asked."""
 DEFAULT_POOL = "default"
 DEFAULT_POOL_SIZE = "8GiB"
 
@@ -98,19 +104,30 @@ def ensure_image(endpoint: Endpoint, log: Log, changes: ChangeLog | None = None,
 
 def setup(endpoint: Endpoint, log: Log = print, pool_driver: str = "auto", fast_stop: bool | None = None,
           backend: Backend = LXD, state_file: Path = STATE_FILE, pool: str = DEFAULT_POOL,
-          image_alias: str = IMAGE_ALIAS) -> list[Change]:
+          image_alias: str = IMAGE_ALIAS, images: tuple[str, ...] = (), package_cache: bool = False) -> list[Change]:
     """Install, start and initialise LXD (or Incus), and import the offline test image. Idempotent; each
     change is recorded in ``state_file`` and returned.
 
+    ``images`` names more images to make (see :data:`IMAGES`: "debian" builds lxdsnap/debian-12);
+    ``package_cache`` starts apt-cacher-ng on 127.0.0.1:3142 (see :mod:`pytest_lxdsnap.host.packagecache`).
     ``fast_stop`` True installs the lxcfs stop-hook wrapper (see :mod:`pytest_lxdsnap.host.stophook`), False
     removes it, None leaves the host's choice alone.
     """
     if endpoint.is_https:
         raise LxdSnapError("lxdsnap setup prepares the local host only: run it on the LXD host itself")
+    unknown = [name for name in images if name not in IMAGES]
+    if unknown:
+        raise LxdSnapError(f"unknown image {unknown[0]!r}: setup makes {', '.join(IMAGES)}; import any other image "
+                           f"yourself (`{backend.cli} image import FILE --alias NAME`, or `{backend.cli} image copy "
+                           "images:debian/12 local: --alias NAME` where an image server is reachable)")
     changes = ChangeLog(state_file, backend.name)
     local = use_daemon(endpoint, backend, log, changes)
     ensure_pool(local, log, driver=pool_driver, name=pool, changes=changes)
     ensure_image(local, log, changes, alias=image_alias)
+    if "debian" in images:
+        ensure_debian_image(local, log, changes)
+    if package_cache:
+        ensure_package_cache(log, changes)
     if fast_stop is not None:
         set_fast_stop(fast_stop, log, changes)
     incus = " --incus" if backend is INCUS else ""
@@ -182,10 +199,15 @@ def doctor(endpoint: Endpoint, backend: Backend = LXD) -> list[Check]:
     root = profile["devices"].get("root")
     checks.append(Check("default profile root disk", root is not None,
                         f"pool {root['pool']}" if root else "missing", setup_cmd))
-    try:
-        client.api.images.aliases[IMAGE_ALIAS].get()
-        checks.append(Check(f"image {IMAGE_ALIAS}", True, "present"))
-    except LXDAPIException:
-        checks.append(Check(f"image {IMAGE_ALIAS}", False, "missing", setup_cmd))
+    for name, alias in IMAGES.items():
+        try:
+            client.api.images.aliases[alias].get()
+            checks.append(Check(f"image {alias}", True, "present"))
+        except LXDAPIException:
+            checks.append(Check(f"image {alias}", False, "missing", setup_cmd + ("" if alias == IMAGE_ALIAS else
+                                f" --image {name} (for image = \"{alias}\")"), advisory=alias != IMAGE_ALIAS))
+    answers, detail = describe_cache()
+    checks.append(Check("package cache", answers, detail, f"{SETUP_HINT} (for package_cache = true)",
+                        advisory=True))
     checks.append(Check("socket", True, endpoint.url or default_socket()))
     return checks

@@ -1,7 +1,8 @@
 """The record of changes ``lxdsnap setup`` makes, kept in a state file so ``lxdsnap setup --undo`` can reverse them.
 
 Each change (a package setup installed, the apt source it wrote, a daemon it started, a pool, the default
-profile's root disk, an image, the lxcfs fast-stop diversion) is saved in
+profile's root disk, an image, the lxcfs fast-stop diversion, a built image tarball kept for the next import,
+the package cache it started) is saved in
 ``/var/lib/lxdsnap/setup-changes.json`` the moment it is made; :mod:`pytest_lxdsnap.host.setupundo` reads it back.
 """
 
@@ -26,7 +27,7 @@ Log = Callable[[str], None]
 class Change:
     """One change setup made, as recorded in the state file."""
 
-    kind: str  # package, apt-source, daemon, pool, profile-root, image, fast-stop
+    kind: str  # package, apt-source, daemon, pool, profile-root, image, fast-stop, cache-file, package-cache
     backend: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -41,6 +42,8 @@ class Change:
                                     f" ({self.backend})",
             "image": lambda: f"imported image {d['alias']} ({d['fingerprint'][:12]}, {self.backend})",
             "fast-stop": lambda: f"diverted lxcfs's stop hook {d['hook']} (--fast-stop)",
+            "cache-file": lambda: f"kept the built image tarball {d['path']}",
+            "package-cache": lambda: f"started apt-cacher-ng (pid {d['pid']}) on {d['address']}",
         }.get(self.kind, lambda: f"{self.kind} {d}")()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pylxd.exceptions import NotFound
 
 from pytest_lxdsnap.errors import LxdSnapError
-from pytest_lxdsnap.host import stophook
+from pytest_lxdsnap.host import packagecache, stophook
 from pytest_lxdsnap.host.daemons import ask_daemon, candidate_sockets, dpkg_installed, find_daemon
 from pytest_lxdsnap.host.setupchanges import STATE_FILE, Change, ChangeLog, Log, sha256
 from pytest_lxdsnap.lxd import lxdapi
@@ -55,6 +55,9 @@ def decide(change: Change, seen: Seen, left: list[Change]) -> Decision:
     same = [c for c in left if c.backend == change.backend]
     if change.kind == "package" and any(c.kind == "daemon" for c in same):
         return Decision(False, "the daemon setup started was left running")
+    if change.kind == "package" and change.data.get("name") == packagecache.PACKAGE and any(
+            c.kind == "package-cache" for c in same):
+        return Decision(False, "the apt-cacher-ng setup started was left running")
     if change.kind == "package" and seen.also_removes:
         return Decision(False, f"apt would also remove {', '.join(seen.also_removes)}")
     if change.kind == "apt-source" and any(c.kind == "package" for c in same):
@@ -105,6 +108,13 @@ def observe(change: Change, removing: list[str]) -> Seen:
         return Seen(changed="edited" if sha256(path) != d["sha256"] else "")
     if change.kind == "fast-stop":
         return Seen(gone=stophook.state(recorded_hook(d)) != "fast")
+    if change.kind == "cache-file":
+        path = Path(d["path"])
+        if not path.exists():
+            return Seen(gone=True)
+        return Seen(changed="replaced" if sha256(path) != d["sha256"] else "")
+    if change.kind == "package-cache":
+        return Seen(gone=not packagecache.is_recorded_process(d["pid"], d["started"]))
     daemon = ask_daemon(d["socket"])
     if change.kind == "daemon":
         if not daemon:
@@ -143,8 +153,10 @@ def apply(change: Change) -> None:
     """Reverse one change (its :func:`decide` said so)."""
     d = change.data
     params = {"project": d["project"]} if d.get("project") else {}
-    if change.kind == "apt-source":
+    if change.kind in ("apt-source", "cache-file"):
         Path(d["path"]).unlink()
+    elif change.kind == "package-cache":
+        packagecache.stop(d["pid"], d["address"])
     elif change.kind == "fast-stop":
         stophook.disable(recorded_hook(d))
     elif change.kind == "daemon":

@@ -1,7 +1,8 @@
 """Fresh copy-on-write clones of a declared container's baseline, prepared ahead and retired behind.
 
 A clone is ``<base instance>-<n>``, copied from the baseline snapshot (it inherits the session's tags,
-so only this session may delete it), started, and checked for readiness before a test takes it. Used
+so only this session may delete it), started (LXD gives it its own machine-id and hostname on this first start:
+:mod:`pytest_lxdsnap.lxd.identity`), and checked for readiness before a test takes it. Used
 clones are stopped and deleted in the background; :meth:`ClonePool.close` waits for all of it.
 """
 

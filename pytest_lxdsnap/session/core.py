@@ -16,14 +16,14 @@ from functools import partial
 
 import pylxd
 
-from pytest_lxdsnap.declarations import TABLE, ContainerSpec
+from pytest_lxdsnap.declarations import READY_OFF, SYSTEMD_READY, TABLE, ContainerSpec, ExistingSpec, ReadyCheck
 from pytest_lxdsnap.errors import ConfigError, LxdSnapError, ResetError
 from pytest_lxdsnap.handle import Container
 from pytest_lxdsnap.lxd import lxdapi, projects
 from pytest_lxdsnap.lxd.commands import Commands
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
 from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, describe
-from pytest_lxdsnap.lxd.readiness import wait_ready
+from pytest_lxdsnap.lxd.readiness import declared_where, pid1_is_systemd, wait_ready
 from pytest_lxdsnap.model import Checkout, Leftover, Request, Tracked
 from pytest_lxdsnap.options import Options
 from pytest_lxdsnap.safety import claims
@@ -45,9 +45,12 @@ class LxdSession:
     """The containers of one test session on one LXD endpoint."""
 
     def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], options: Options | None = None, *,
-                 identity: SessionIdentity | None = None, worker: str | None = None) -> None:
+                 identity: SessionIdentity | None = None, worker: str | None = None,
+                 existing: dict[str, ExistingSpec] | None = None) -> None:
         self.endpoint = endpoint
         self.specs = specs
+        self.existing = existing or {}  # [tool.lxdsnap.existing.<name>]: settings for containers not declared
+        self._systemd: dict[str, bool] = {}  # whether a container's PID 1 is systemd, read once per session
         self.options = options = options or Options()
         self.snapshot_ttl = options.lxd_snapshot_ttl
         self.lease_wait = options.lxd_lease_wait
@@ -247,11 +250,44 @@ class LxdSession:
             tracked.base_stopping = self.executor.submit(lxdapi.set_power, self.own, tracked.instance, "stop")
 
     def check_ready(self, name: str, instance: str) -> None:
-        spec = self.specs.get(name)
-        if spec is not None and spec.ready is not None:
-            wait_ready(self.own, instance, spec.ready, name)
+        """Wait until ``instance`` of container ``name`` is ready, then run the ready hooks."""
+        self.wait_until_ready(name, instance)
         if self.on_ready is not None:
             self.on_ready(name, instance)
+
+    def wait_until_ready(self, name: str, instance: str) -> None:
+        """Run the container's readiness check on ``instance`` (a running one); ReadinessError when it fails."""
+        check = self.ready_check(name, instance)
+        if check.off:
+            return
+        declared = name in self.specs
+        wait_ready(self.client_for(name), instance, check, name, disposable=declared,
+                   where=declared_where(name) if declared else f"[{TABLE}.existing.{name}]")
+
+    def ready_check(self, name: str, instance: str) -> ReadyCheck:
+        """The declared ``ready``; without one, systemd's boot when the container's PID 1 is systemd (read from
+        ``instance`` the first time, then remembered), else no check."""
+        spec = self.specs.get(name)
+        declared = spec.ready if spec is not None else self.existing[name].ready if name in self.existing else None
+        if declared is not None:
+            return declared
+        return SYSTEMD_READY if self.runs_systemd(name, instance) else READY_OFF
+
+    def runs_systemd(self, name: str, instance: str) -> bool:
+        """Whether container ``name``'s PID 1 is systemd (asked of the running ``instance`` once per session)."""
+        if name not in self._systemd:
+            self._systemd[name] = pid1_is_systemd(self.client_for(name), instance, disposable=name in self.specs)
+        return self._systemd[name]
+
+    def wait_for_boot(self, name: str, instance: str) -> None:
+        """Before a declared container's provision commands: when its PID 1 is systemd, its boot has finished (a
+        provision command that runs ``systemctl`` earlier finds no bus). Skipped with ``ready = false``; a
+        degraded boot is the readiness check's to judge, after provisioning."""
+        ready = self.specs[name].ready
+        if (ready is not None and ready.off) or not self.runs_systemd(name, instance):
+            return
+        check = replace(SYSTEMD_READY, timeout=ready.timeout) if ready is not None and ready.systemd else SYSTEMD_READY
+        wait_ready(self.own, instance, check, name, where=declared_where(name))
 
     def _note_pool(self, tracked: Tracked) -> None:
         if tracked.pool_driver == "dir" and not any(f"pool {tracked.pool!r}" in n for n in self.notices):

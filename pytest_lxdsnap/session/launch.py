@@ -14,8 +14,9 @@ from pylxd.exceptions import NotFound
 
 from pytest_lxdsnap.declarations import FINGERPRINT, REMOTES, TABLE, ContainerSpec
 from pytest_lxdsnap.errors import ConfigError, ContainerNotFound, LxdSnapError, ProvisionError
-from pytest_lxdsnap.lxd import lxdapi, ports
+from pytest_lxdsnap.lxd import aptproxy, lxdapi, ports
 from pytest_lxdsnap.lxd.execution import exec_command
+from pytest_lxdsnap.lxd.identity import install_identity_templates
 from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, describe
 from pytest_lxdsnap.model import Tracked
 from pytest_lxdsnap.safety import claims, zfs
@@ -89,13 +90,15 @@ def adopt(s: LxdSession, name: str) -> Tracked:
     snapshot = s.identity.snapshot_name(BASELINE_LABEL)
     pool, driver = lxdapi.root_pool(client, record)
     start = time.perf_counter()
+    running = record["status"] == lxdapi.RUNNING
     try:
+        if running:  # never hand out (or snapshot) a half-booted system
+            s.wait_until_ready(name, name)
         refuse_a_second_zfs_baseline(s, name, pool, driver)
         lxdapi.create_owned_snapshot(client, name, snapshot, s.identity, s.snapshot_ttl)
     except BaseException:
         claims.release(client, name, s.identity)
         raise
-    running = record["status"] == lxdapi.RUNNING
     if s.take_turns:  # other workers use it between our tests: claim it per test from now on
         claims.release(client, name, s.identity)
     return Tracked(name, name, False, snapshot, running, time.monotonic(), pool, driver,
@@ -180,13 +183,16 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
         source = {"type": "image", "fingerprint": spec.image}
     else:
         source = {"type": "image", "alias": spec.image}
+    devices = {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {}
+    if spec.package_cache:  # clones copy the device; it listens inside each of them
+        devices[aptproxy.DEVICE] = aptproxy.device(spec.package_cache)
     body = {
         "name": instance,
         "type": "container",
         "source": source,
         "profiles": list(spec.profiles),
         "config": {**spec.config, **tags},
-        "devices": {"root": {"type": "disk", "path": "/", "pool": spec.pool}} if spec.pool else {},
+        "devices": devices,
     }
     target = spec.target_for(s.worker)
     s.stages[spec.name] = f"creating from image {spec.image}" + (f" on {target}" if target else "")
@@ -197,6 +203,11 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
                            f"{describe(exc)}{config_key_hint(s, spec, describe(exc))}") from None
     s.stages[spec.name] = "starting"
     lxdapi.set_power(client, instance, "start")
+    s.stages[spec.name] = "booting"
+    s.wait_for_boot(spec.name, instance)
+    if spec.package_cache:
+        s.stages[spec.name] = f"pointing apt at the package cache {spec.package_cache}"
+        aptproxy.configure_apt(client, instance, spec.name, f"[{TABLE}.containers.{spec.name}]")
     for number, command in enumerate(spec.provision, 1):
         s.stages[spec.name] = f"provisioning {number}/{len(spec.provision)}: {command[:60]}"
         result = exec_command(client, instance, command, keep_logs=True)
@@ -211,6 +222,7 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
     s.stages[spec.name] = "waiting until ready"
     s.check_ready(spec.name, instance)
     ports.remove_all(client, instance)  # hooks may have exposed ports: keep them out of the baseline
+    install_identity_templates(client, instance)  # every clone of the baseline gets its own machine-id, hostname
     s.stages[spec.name] = "taking the baseline snapshot"
     start = time.perf_counter()
     take_baseline()

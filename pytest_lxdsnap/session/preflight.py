@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pylxd
 
-from pytest_lxdsnap.declarations import FINGERPRINT, REMOTES, TABLE
+from pytest_lxdsnap.declarations import FINGERPRINT, PACKAGE_CACHE, REMOTES, TABLE
 from pytest_lxdsnap.errors import ConfigError
 from pytest_lxdsnap.lxd import lxdapi
 
@@ -39,10 +39,34 @@ def check_specs(s: LxdSession, client: pylxd.Client) -> None:
         known = spec.image in aliases or any(
             img["fingerprint"].startswith(spec.image) for img in images if FINGERPRINT.match(spec.image))
         if not known:
-            raise ConfigError(
-                f"{path} image: no local image {spec.image!r}; valid choices: "
-                f"{', '.join(aliases) or 'none'}. `lxdsnap setup` imports lxdsnap/busybox; "
-                f"`{s.commands('image import FILE --alias NAME')}` adds your own")
+            from pytest_lxdsnap.host.hostsetup import IMAGES
+
+            buildable = {alias: name for name, alias in IMAGES.items()}
+            how = (f"`lxdsnap setup --image {buildable[spec.image]}` builds it (as root, once per machine)"
+                   if spec.image in buildable else
+                   f"`lxdsnap setup` imports lxdsnap/busybox, `lxdsnap setup --image debian` builds "
+                   f"lxdsnap/debian-12; `{s.commands('image import FILE --alias NAME')}` adds your own")
+            raise ConfigError(f"{path} image: no local image {spec.image!r}; valid choices: "
+                              f"{', '.join(aliases) or 'none'}. {how}")
+    check_package_caches(s)
+
+
+def check_package_caches(s: LxdSession) -> None:
+    """Every ``package_cache`` answers, before anything is created (on a local daemon: a remote one's host
+    cannot be asked from here)."""
+    wanted = {spec.package_cache: spec.name for spec in s.specs.values() if spec.package_cache}
+    if not wanted or s.endpoint.is_https:
+        return
+    from pytest_lxdsnap.host.packagecache import SETUP_HINT, describe_cache
+
+    for address, name in sorted(wanted.items()):
+        answers, detail = describe_cache(address)
+        if not answers:
+            start = (f"start it with `{SETUP_HINT}` (as root)" if address == PACKAGE_CACHE else
+                     f"start your apt cache at {address}, or use package_cache = true for the one `{SETUP_HINT}` "
+                     "starts")
+            raise ConfigError(f"[{TABLE}.containers.{name}] package_cache: the host's package cache is not running "
+                              f"({detail}): {start}, or remove package_cache. Nothing was created.")
 
 
 def check_targets(s: LxdSession, client: pylxd.Client) -> None:

@@ -59,6 +59,8 @@ def image_fingerprint(client: pylxd.Client, image: str) -> str:
 def declaration_hash(client: pylxd.Client, spec: ContainerSpec) -> str:
     shape = {"image": image_fingerprint(client, spec.image), "pool": spec.pool, "profiles": list(spec.profiles),
              "config": spec.config, "provision": list(spec.provision), "ready": repr(spec.ready)}
+    if spec.package_cache:  # only when set: hashes of declarations without it stay what they were
+        shape["package_cache"] = spec.package_cache
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:DIGEST_LENGTH]
 
 

@@ -154,3 +154,68 @@ def test_an_empty_table_declares_nothing(tmp_path):
                                           ("9lives", False), ("my-box-2", True), ("", False)])
 def test_existing_instance_names_are_lxds(name, ok):
     assert is_instance_name(name) is ok
+
+
+# ---------------------------------------------------------------- ready, package_cache, [tool.lxdsnap.existing]
+
+
+def test_ready_systemd_forms():
+    from pytest_lxdsnap.declarations import READY_OFF, SYSTEMD_READY, ReadyCheck, parse_ready
+
+    assert parse_ready("systemd", "r") == SYSTEMD_READY and SYSTEMD_READY.allow_degraded
+    assert parse_ready({"systemd": True, "allow_degraded": False, "timeout": 90}, "r") == ReadyCheck(
+        None, 90.0, systemd=True, allow_degraded=False)
+    assert parse_ready(False, "r") == READY_OFF and READY_OFF.off
+    assert parse_ready("systemctl is-active nginx", "r").command == "systemctl is-active nginx"
+    assert not parse_ready(["true"], "r").off
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (True, r"^P: true is not a check; give \"systemd\", a command"),
+    ({"systemd": "yes"}, r"^P systemd: expected true \(leave ready out, or ready = false, for no wait\), got 'yes'"),
+    ({"systemd": True, "allow_degraded": "no"}, r"^P allow_degraded: expected true or false, got 'no'"),
+    ({"command": "true", "allow_degraded": False}, r"^P allow_degraded: only with systemd = true"),
+    ({"systemd": True, "command": "true"}, r"^P: give exactly one of command .*, wait_strategy .* and systemd = true"),
+    ({"systemd": True, "timeout": 0}, r"^P timeout: expected a positive number of seconds, got 0"),
+    ({"sytemd": True}, r"^P: unknown key 'sytemd'; valid keys: command, wait_strategy, systemd, allow_degraded, "),
+])
+def test_bad_ready_values_name_the_key(value, message):
+    from pytest_lxdsnap.declarations import parse_ready
+
+    with pytest.raises(ConfigError, match=message):
+        parse_ready(value, "P")
+
+
+def test_package_cache_values():
+    def cache(value):
+        return parse_table({"containers": {"w": {"image": "x", "package_cache": value}}})["w"].package_cache
+
+    assert cache(True) == "127.0.0.1:3142"
+    assert cache(False) is None
+    assert cache("cache.example:3142") == "cache.example:3142"
+    assert parse_table({"containers": {"w": {"image": "x"}}})["w"].package_cache is None
+    for bad in ("3142", "host:", "host:99999", 3142, ["127.0.0.1:3142"]):
+        with pytest.raises(ConfigError, match=r"\[tool.lxdsnap.containers.w\] package_cache: expected true \(the "
+                           r"cache `lxdsnap setup --package-cache` starts on 127.0.0.1:3142\), false, or "):
+            cache(bad)
+
+
+def test_existing_containers_table():
+    from pytest_lxdsnap.declarations import READY_OFF, SYSTEMD_READY, ExistingSpec, parse_all
+
+    declared, existing = parse_all({"existing": {"ubuntu-test": {"ready": False}, "db": {"ready": "systemd"},
+                                                 "plain": {}}})
+    assert declared == {}
+    assert existing == {"ubuntu-test": ExistingSpec("ubuntu-test", READY_OFF),
+                        "db": ExistingSpec("db", SYSTEMD_READY), "plain": ExistingSpec("plain")}
+    with pytest.raises(ConfigError, match=r"^\[tool.lxdsnap.existing.db\]: unknown key 'image'; valid keys: ready "):
+        parse_all({"existing": {"db": {"image": "x"}}})
+    with pytest.raises(ConfigError, match=r"^\[tool.lxdsnap.existing.db\] ready timeout: expected a positive"):
+        parse_all({"existing": {"db": {"ready": {"systemd": True, "timeout": -1}}}})
+    with pytest.raises(ConfigError, match=r"^\[tool.lxdsnap.existing.db_1\]: not an LXD instance name"):
+        parse_all({"existing": {"db_1": {}}})
+    with pytest.raises(ConfigError, match=r"^\[tool.lxdsnap.existing.web\]: 'web' is also declared in "
+                       r"\[tool.lxdsnap.containers.web\]"):
+        parse_all({"containers": {"web": {"image": "x"}}, "existing": {"web": {}}})
+    with pytest.raises(ConfigError, match=r"^\[tool.lxdsnap\] existing: expected a table of tables, got list"):
+        parse_all({"existing": []})
