@@ -63,10 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(option.flag, dest=option.name, default=None, metavar=option.metavar,
                             help=option.help_with_default)
         if option.ini:
-            if option.type == "bool":
-                parser.addini(option.name, option.help_with_default, type="bool", default=option.default)
-            else:
-                parser.addini(option.name, option.help_with_default, default=None)
+            # a string, booleans too: the table's parser names the key in its error, pytest's would not
+            parser.addini(option.name, option.help_with_default, default=None)
 
 
 def read_options(config: pytest.Config) -> Options:

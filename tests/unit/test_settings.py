@@ -118,14 +118,15 @@ def test_ready_forms(ready, expected):
     ("", r"ready command: expected a shell command \(string\) or an argv list, got ''"),
     ([], r"ready command: expected a shell command"),
     ([1], r"ready command: expected a list of strings"),
-    ({"timeout": 5}, r"ready: give exactly one of command .* and wait_strategy"),
+    ({"timeout": 5}, r"ready: give exactly one of command .*, wait_strategy .* and systemd = true"),
     ({"command": "true", "wait_strategy": "m:a"}, r"ready: give exactly one of command"),
     ({"wait_strategy": "no-colon"}, r"ready wait_strategy: expected \"module:attribute\", got 'no-colon'"),
     ({"command": "true", "timeout": 0}, r"ready timeout: expected a positive number of seconds, got 0"),
     ({"command": "true", "timeout": True}, r"ready timeout: expected a positive number of seconds, got True"),
     ({"command": "true", "timeout": float("inf")}, r"ready timeout: expected a positive number of seconds, got inf"),
     ({"command": "true", "timeout": "5"}, r"ready timeout: expected a positive number of seconds, got '5'"),
-    ({"command": "true", "retries": 3}, r"ready: unknown key 'retries'; valid keys: command, wait_strategy, timeout"),
+    ({"command": "true", "retries": 3},
+     r"ready: unknown key 'retries'; valid keys: command, wait_strategy, systemd, allow_degraded, timeout"),
 ])
 def test_bad_ready_checks_name_the_key(ready, message):
     with pytest.raises(ConfigError, match=r"\[tool.lxdsnap.containers.web\] " + message):
