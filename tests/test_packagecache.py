@@ -5,6 +5,7 @@ apt-cacher-ng on a free loopback port, so the usual one on 127.0.0.1:3142 is nev
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from pytest_lxdsnap.host.setupchanges import Change, ChangeLog
 from pytest_lxdsnap.host.setupundo import Decision, Seen, decide
 from pytest_lxdsnap.lxd.backends import LXD
 
-from .conftest import free_port
+from .conftest import free_port, lxdsnap
 
 
 def test_a_cache_that_answers_is_used_as_it_is(package_cache, tmp_path):
@@ -88,3 +89,11 @@ def test_undo_leaves_a_process_that_is_not_the_one_recorded(tmp_path):
 ])
 def test_the_package_stays_while_the_cache_setup_started_does(left, expected):
     assert decide(Change("package", "lxd", {"name": "apt-cacher-ng"}), Seen(), left) == expected
+
+
+def test_doctor_reports_the_package_cache_and_the_debian_image(package_cache, debian):
+    result = lxdsnap("doctor")
+    assert re.search(rf"^ok  package cache +apt-cacher-ng answers at {package_cache}$", result.stdout, re.M), \
+        result.stdout
+    assert re.search(rf"^ok  image {debian} +present$", result.stdout, re.M), result.stdout
+    assert lxdsnap("doctor").stdout == result.stdout  # doctor changes nothing
