@@ -1,11 +1,12 @@
-"""The README's first example runs as written: its pyproject table and its test file, unchanged."""
+"""The README's first example runs as written: its pyproject table and its test file, unchanged (the systemd
+tier: the Debian image and the package cache)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from .conftest import assert_summary
+from .helpers import PYPROJECT, assert_summary
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,8 +18,8 @@ def first_block(language: str) -> str:
     return match.group(1)
 
 
-def test_the_readme_example_runs_as_written(pytester, lxd_client):
-    pytester.makefile(".toml", pyproject=first_block("toml"))
+def test_the_readme_example_runs_as_written(pytester, lxd_client, debian, package_cache):
+    pytester.makefile(".toml", pyproject=PYPROJECT + first_block("toml"))
     pytester.makepyfile(test_readme=first_block("python"))
     result = pytester.runpytest("-p", "no:cacheprovider")
     tests = len(re.findall(r"^def test_", first_block("python"), re.M))

@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +31,6 @@ from .helpers import (
     user_config,
 )
 
-README = Path(__file__).parent.parent / "README.md"
 WEB = """
 [tool.lxdsnap.containers.web]
 image = "lxdsnap/debian-12"
@@ -40,7 +38,7 @@ ready = "systemd"
 package_cache = true
 provision = ["apt-get update -q"]
 """
-"""The declaration that goes with the README's first example (docs/howto/systemd.md shows it)."""
+"""A declared Debian container as the README's first example declares it (tests/test_readme.py runs that one)."""
 
 
 def booted(instance: str) -> str:
@@ -60,13 +58,6 @@ def subprocess_out(*argv: str) -> str:
 def one_line(text: str) -> str:
     """``text`` for printf inside a TOML string: newlines as ``\\n`` (TOML's escape for printf's ``\n``)."""
     return text.replace("\n", "\\\\n")
-
-
-def readme_example() -> str:
-    """The README's first Python example, exactly as written."""
-    match = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert match, "README.md has no ```python example"
-    return match.group(1)
 
 
 # ---------------------------------------------------------------- existing containers
@@ -155,7 +146,7 @@ def test_declared_debian_container_installs_real_packages_through_the_cache(pyte
                                                                             package_cache):
     before = instance_names(lxd_client)
     pytester.makefile(".toml", pyproject=PYPROJECT + WEB)
-    pytester.makepyfile(test_readme=readme_example(), test_nginx="""
+    pytester.makepyfile(test_nginx="""
         import urllib.request
 
         import pytest
@@ -179,9 +170,9 @@ def test_declared_debian_container_installs_real_packages_through_the_cache(pyte
             assert not web.exists("/usr/sbin/nginx")
             assert web.exec(["systemctl", "is-system-running"]).stdout == "running\\n"
     """)
-    result = pytester.runpytest("-v", "test_readme.py", "test_nginx.py")
-    result.assert_outcomes(passed=3)
-    assert_summary(result, "web", kind="declared", resets="3", strategies="clone 3", leftovers="0")
+    result = pytester.runpytest("-v", "test_nginx.py")
+    result.assert_outcomes(passed=2)
+    assert_summary(result, "web", kind="declared", resets="2", strategies="clone 2", leftovers="0")
     assert instance_names(lxd_client) == before
 
 
