@@ -7,6 +7,8 @@ documented in the docs. Every other module (``session``, ``safety``, ``lxd``, ``
 is internal and may change between releases.
 """
 
+from typing import TYPE_CHECKING
+
 from pytest_lxdsnap.errors import (
     ConfigError,
     ContainerNotFound,
@@ -25,7 +27,13 @@ from pytest_lxdsnap.errors import (
     UndeclaredContainer,
 )
 
-_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "handle", "ContainerSpec": "declarations"}
+if TYPE_CHECKING:  # what the lazy names are, for type checkers (py.typed)
+    from pytest_lxdsnap.declarations import ContainerSpec, ReadyCheck
+    from pytest_lxdsnap.handle import Container, Containers
+    from pytest_lxdsnap.lxd.execution import ExecResult
+
+_LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "handle", "ContainerSpec": "declarations",
+         "ReadyCheck": "declarations"}
 
 
 def __getattr__(name: str) -> object:
@@ -41,6 +49,10 @@ def __getattr__(name: str) -> object:
 
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [
@@ -61,6 +73,7 @@ __all__ = [
     "PortError",
     "ProvisionError",
     "ReadinessError",
+    "ReadyCheck",
     "ResetError",
     "UndeclaredContainer",
     "__version__",

@@ -9,7 +9,7 @@ import pytest
 from pytest_lxdsnap.declarations import ContainerSpec, is_instance_name
 from pytest_lxdsnap.session.strategy import SCOPES, STRATEGIES, check
 
-if TYPE_CHECKING:  # imports pylxd, which a suite without marked tests never loads
+if TYPE_CHECKING:  # only for annotations: a suite without marked tests never loads the session (or pylxd)
     from pytest_lxdsnap.model import Request
 
 MARKER = "lxd"

@@ -31,7 +31,7 @@ from pytest_lxdsnap.markers import MARKER, MARKER_HELP, clone_of_existing, marke
 from pytest_lxdsnap.options import OPTIONS as OPTIONS_TABLE
 from pytest_lxdsnap.options import Options
 
-if TYPE_CHECKING:  # these import pylxd, which a suite without marked tests never loads
+if TYPE_CHECKING:  # only for annotations: a suite without marked tests never loads the session (or pylxd)
     from pytest_lxdsnap.handle import Containers
     from pytest_lxdsnap.model import Checkout, Request
     from pytest_lxdsnap.session.core import LxdSession
@@ -63,7 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(option.flag, dest=option.name, default=None, metavar=option.metavar,
                             help=option.help_with_default)
         if option.ini:
-            # a string, booleans too: the table's parser names the key in its error, pytest's would not
+            # strings, booleans too, so the table's parser checks them and its error names the key (pytest's
+            # "invalid truth value" does not); under pytest 9's native [tool.pytest] table write them quoted
             parser.addini(option.name, option.help_with_default, default=None)
 
 

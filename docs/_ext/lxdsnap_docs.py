@@ -136,6 +136,8 @@ class PyprojectKeysDirective(SphinxDirective):
         top = declarations.TOP_KEYS.items()
         rows = [[cell(code(f"[{declarations.TABLE}] {key}")), cell(text)] for key, text in top]
         rows += [[cell(code(key)), cell(text)] for key, text in declarations.CONTAINER_KEYS.items()]
+        rows += [[cell(code(f"[{declarations.TABLE}.existing.<name>] {key}")), cell(text)]
+                 for key, text in declarations.EXISTING_KEYS.items()]
         return [table(["key", "meaning"], rows, [25, 75])]
 
 

@@ -143,7 +143,6 @@ class LxdSession:
             if name in self.specs and name not in self.launches and name not in self.tracked:
                 self.launches[name] = self.executor.submit(launch.launch, self, self.specs[name])
 
-
     def strategy_for(self, tracked: Tracked, request: Request) -> str:
         """The concrete strategy of ``request`` on ``tracked`` (``auto`` resolved by pool driver)."""
         spec = self.specs.get(tracked.name)
@@ -212,8 +211,6 @@ class LxdSession:
             self._start_clones(tracked)
         return tracked
 
-
-
     def _checkout(self, tracked: Tracked, strategy: str, scope_key: str) -> Checkout:
         if tracked.broken:
             raise ResetError(tracked.broken)
@@ -232,7 +229,6 @@ class LxdSession:
             tracked.dirty = True
         tracked.strategies[strategy] += 1
         return Checkout(tracked, strategy, scope_key, instance)
-
 
     def _start_clones(self, tracked: Tracked) -> None:
         spec = self.specs[tracked.name]
@@ -298,12 +294,6 @@ class LxdSession:
                 f"`{self.commands('storage create fast btrfs size=8GiB')}`, then `pool = \"fast\"` in "
                 f"[{TABLE}.containers.<name>] (run `lxdsnap doctor` to see the pools)"
             )
-
-
-
-
-
-
 
     # -- resetting -----------------------------------------------------------------------------
     def release(self, checkouts: list[Checkout], *, keep: frozenset[str] | set[str] = frozenset()) -> None:
