@@ -118,16 +118,21 @@ def _str_list(value: Any, path: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_keys(table: Any, keys: dict[str, str], path: str) -> None:
+    """``table`` is a table whose keys are all among ``keys``; ConfigError names the first that is not."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {_choices(keys)}")
+
+
 def parse_container(name: str, table: Any) -> ContainerSpec:
     path = f"[{TABLE}.containers.{name}]"
     if not NAME.match(name):
         raise ConfigError(f"{path}: container names use lowercase letters, digits and '-', start with a letter, "
                           "and are at most 40 characters")
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: expected a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - set(CONTAINER_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {_choices(CONTAINER_KEYS)}")
+    _check_keys(table, CONTAINER_KEYS, path)
     if "image" not in table:
         raise ConfigError(f"{path}: missing required key 'image' (a local image alias such as "
                           "\"lxdsnap/busybox\", which `lxdsnap setup` imports, or a fingerprint)")
@@ -180,11 +185,7 @@ def parse_existing(name: str, table: Any) -> ExistingSpec:
     if not is_instance_name(name):
         raise ConfigError(f"{path}: not an LXD instance name (letters, digits and '-', starting with a letter, at "
                           "most 63 characters)")
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: expected a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - set(EXISTING_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {_choices(EXISTING_KEYS)}")
+    _check_keys(table, EXISTING_KEYS, path)
     return ExistingSpec(name, parse_ready(table["ready"], f"{path} ready") if "ready" in table else None)
 
 

@@ -102,17 +102,11 @@ def observe(change: Change, removing: list[str]) -> Seen:
             return Seen(users=tuple(f"the running {b.name} daemon" for b in other))
         return Seen(also_removes=_apt_extras(removing))
     if change.kind == "apt-source":
-        path = Path(d["path"])
-        if not path.exists():
-            return Seen(gone=True)
-        return Seen(changed="edited" if sha256(path) != d["sha256"] else "")
+        return _file_seen(Path(d["path"]), d["sha256"], "edited")
     if change.kind == "fast-stop":
         return Seen(gone=stophook.state(recorded_hook(d)) != "fast")
     if change.kind == "cache-file":
-        path = Path(d["path"])
-        if not path.exists():
-            return Seen(gone=True)
-        return Seen(changed="replaced" if sha256(path) != d["sha256"] else "")
+        return _file_seen(Path(d["path"]), d["sha256"], "replaced")
     if change.kind == "package-cache":
         return Seen(gone=not packagecache.is_recorded_process(d["pid"], d["started"]))
     daemon = ask_daemon(d["socket"])
@@ -241,3 +235,10 @@ def undo(backend: Backend = LXD, state_file: Path = STATE_FILE, log: Log = print
     log(f"{len(left)} change(s) left, still recorded in {state_file}" if left else
         f"every recorded change to {backend.name} is undone")
     return ok
+
+
+def _file_seen(path: Path, recorded: str, changed: str) -> Seen:
+    """A file setup wrote: gone, ``changed`` since (its digest differs), or as written."""
+    if not path.exists():
+        return Seen(gone=True)
+    return Seen(changed=changed if sha256(path) != recorded else "")
