@@ -63,15 +63,18 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="python of the install under test")
     parser.add_argument("--runs", type=int, default=5, help="runs of each suite and -n (medians of these)")
     parser.add_argument("--tests", type=int, default=20, help="tests in the reset-bound suite")
-    parser.add_argument("--slow-tests", type=int, default=10, help="tests in the slow suite")
+    parser.add_argument("--slow-tests", type=int, default=20, help="tests in the slow suite")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image", default="lxdsnap/busybox")
     parser.add_argument("--provision", default="", help="one provision command (an expensive one shows the "
                                                         "one-build-per-run gain), e.g. 'sleep 5'")
+    parser.add_argument("--suite", choices=SUITES, action="append", help="run only this suite (repeatable)")
     args = parser.parse_args()
     provision = f"provision = [{args.provision!r}]" if args.provision else ""
     results = []
     for suite, (sleep, target) in SUITES.items():
+        if args.suite and suite not in args.suite:
+            continue
         tests = args.tests if sleep == 0 else args.slow_tests
         times: dict[int, list[float]] = {0: [], args.workers: []}
         with tempfile.TemporaryDirectory(prefix="lxdsnap-bench-xdist-") as folder:

@@ -166,8 +166,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
     endpoint, specs, worker = config.stash[ENDPOINT], config.stash[SPECS], _worker(config)
     identity = SessionIdentity(token=f"{worker}{secrets.token_hex(3)}") if worker else SessionIdentity()
-    run = getattr(config, "workerinput", {}).get("testrunuid") if worker else None  # shared by the run's workers
-    lxd = LxdSession(endpoint, specs, config.stash[OPTIONS], identity=identity, worker=worker, run=run)
+    workerinput = getattr(config, "workerinput", {})
+    lxd = LxdSession(endpoint, specs, config.stash[OPTIONS], identity=identity, worker=worker,
+                     run=workerinput.get("testrunuid") if worker else None, workers=workerinput.get("workercount", 1))
     lxd.on_provision, lxd.on_ready = session_callbacks(config, lxd)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")

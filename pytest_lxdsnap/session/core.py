@@ -45,7 +45,8 @@ class LxdSession:
     """The containers of one test session on one LXD endpoint."""
 
     def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], options: Options | None = None, *,
-                 identity: SessionIdentity | None = None, worker: str | None = None, run: str | None = None) -> None:
+                 identity: SessionIdentity | None = None, worker: str | None = None, run: str | None = None,
+                 workers: int = 1) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.options = options = options or Options()
@@ -55,6 +56,7 @@ class LxdSession:
         self.take_turns = worker is not None  # claim existing containers per test, not per session (xdist workers)
         self.worker = worker_number(worker)  # picks its cluster member from a spec's targets
         self.run = run  # pytest-xdist's id of the run, the same in all its workers: they share declared bases
+        self.run_workers = max(workers, 1)  # the run's workers: each runs about its share of the planned tests
         self.joined: dict[str, Shared] = {}  # the shared bases this session uses (or tried to), by container
         self.shared_lock = threading.Lock()
         self.closing = threading.Event()  # finish() began: background waits give up
@@ -155,8 +157,10 @@ class LxdSession:
             raise ConfigError(f"container {tracked.name!r}: {exc}") from None
 
     def planned_clone_uses(self, tracked: Tracked) -> int:
+        """The clones this session expects to use: under pytest-xdist every worker collects every test but runs
+        about its share (a clone beyond it is made when a test asks; one prepared for nothing costs as much)."""
         keys = {r.scope_key for r in self.planned.get(tracked.name, []) if self.strategy_for(tracked, r) == "clone"}
-        return len(keys)
+        return -(-len(keys) // self.run_workers)
 
     # -- acquiring -----------------------------------------------------------------------------
     def acquire(self, requests: list[Request] | tuple[str, ...]) -> list[Checkout]:

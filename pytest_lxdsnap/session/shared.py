@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 RUN_KEY_LENGTH = 8
 """Hex digits of the run key: ``r`` + these are no longer than a worker's session token (``gw0`` + 6)."""
-POLL = 0.2
+POLL = 0.1
 """Seconds between looks while waiting for another worker's build or deletion."""
 FAILURE_LENGTH = 4000
 """Characters of a failed build's error kept on the base for the workers waiting for it."""
@@ -78,8 +78,8 @@ def base_name(spec: ContainerSpec, run: str, digest: str) -> tuple[str, str]:
 
 def who(holder: SessionIdentity) -> str:
     """A session as the waiting line names it: its pytest-xdist worker when it is one."""
-    worker = re.match(r"gw\d+", holder.token)
-    return f"worker {worker.group(0)}" if worker else f"session {holder.token}"
+    worker = re.fullmatch(r"(gw\d+)[0-9a-f]{6}", holder.token)  # the session token under xdist: worker + 6 hex
+    return f"worker {worker.group(1)}" if worker else f"session {holder.token}"
 
 
 def copy_body(shared: Shared, name: str, profiles: tuple[str, ...], identity: SessionIdentity, where: str
@@ -108,8 +108,9 @@ def launch(s: LxdSession, spec: ContainerSpec) -> Tracked:
         snapshot, marks = SHARED_SNAPSHOT, {SHARED_KEY: shared_marker(key, lxdapi.where(client, instance))}
     with s.shared_lock:
         s.joined[spec.name] = Shared(instance, snapshot, kept)  # from now on finish() leaves it, whatever happens
-    seconds, stopping = join(s, spec, Shared(instance, snapshot, kept), marks)
+    seconds = join(s, spec, Shared(instance, snapshot, kept), marks)
     record = lxdapi.get_instance(client, instance)
+    stopping = _stop_once_all_joined(s, record)
     pool, driver = lxdapi.root_pool(client, record)
     baseline = client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]
     blank = tuple(sorted(k for k in baseline.get("config") or {} if k.startswith("user.lxdsnap.")))
@@ -124,10 +125,9 @@ def launch(s: LxdSession, spec: ContainerSpec) -> Tracked:
     return tracked
 
 
-def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, str]
-         ) -> tuple[float, Future[None] | None]:
-    """Become a user of the shared base, building it if nobody has; (the baseline snapshot's seconds if this
-    session built it, else 0; the background stop of a base it built)."""
+def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, str]) -> float:
+    """Become a user of the shared base, building it if nobody has; the baseline snapshot's seconds if this
+    session built it, else 0."""
     client, me, instance = s.own, s.identity, shared.instance
     where, mine = lxdapi.where(client, instance), sharing.user_key(me)
     verdict = sharing.by_leases(client)
@@ -161,7 +161,7 @@ def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, st
             lxdapi.update_config(client, instance, record, etag, {mine: me.tag(where)})
             continue  # written, or changed meanwhile: look again
         if reuse.has_baseline(client, instance, shared.snapshot):
-            return 0.0, None
+            return 0.0
         builder = holder_at(config, where, BUILDING_KEY)
         if builder is not None and builder != me and not verdict(builder)[0]:
             _wait(s, spec, f"waiting for {who(builder)} to build it")
@@ -200,12 +200,11 @@ def _create(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, s
     return True
 
 
-def _build(s: LxdSession, spec: ContainerSpec, shared: Shared) -> tuple[float, Future[None] | None]:
+def _build(s: LxdSession, spec: ContainerSpec, shared: Shared) -> float:
     """Provision and snapshot the base this session created, then hand it to the others."""
     from pytest_lxdsnap.session import launch
 
     client, instance = s.own, shared.instance
-    where = lxdapi.where(client, instance)
     try:
         seconds = launch.prepare(s, spec, instance,
                                  lambda: reuse.take_baseline(client, instance, s.snapshot_ttl, shared.snapshot))
@@ -217,24 +216,29 @@ def _build(s: LxdSession, spec: ContainerSpec, shared: Shared) -> tuple[float, F
             pass  # it stays ours to leave: finish() does, and the others see a dead builder
         raise
     lxdapi.set_config_keys(client, instance, {BUILDING_KEY: None})
-    if holder_at(lxdapi.get_instance(client, instance)["config"], where) is not None:
-        return seconds, None  # a --lxd-reuse session without xdist uses the kept build in place: leave it running
-    return seconds, _in_background(lambda: lxdapi.set_power(client, instance, "stop"))  # clones copy the snapshot
+    return seconds
 
 
-def _in_background(call: Any) -> Future[None]:
-    """Run ``call`` on a thread of its own (not the session's executor: finish() may be shutting that down)."""
+def _stop_once_all_joined(s: LxdSession, record: dict[str, Any]) -> Future[None] | None:
+    """Clones copy the baseline snapshot, so the running base only costs memory, and its stop at the end costs
+    the last user time: stop it in the background once every worker of the run has joined. Not before: a
+    stop holds LXD's lock on the instance, and a worker joining meanwhile would wait for it to write its key."""
+    client, name = s.own, record["name"]
+    where = lxdapi.where(client, name)
+    if (record["status"] != lxdapi.RUNNING or len(sharing.users(record["config"], where)) < s.run_workers
+            or holder_at(record["config"], where) is not None):  # a --lxd-reuse session without xdist uses it
+        return None
     future: Future[None] = Future()
 
-    def run() -> None:
+    def stop() -> None:  # on a thread of its own: finish() may be shutting the session's executor down
         try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
-            future.set_exception(exc)
-        else:
-            future.set_result(None)
+            if lxdapi.status(client, name) == lxdapi.RUNNING:
+                lxdapi.set_power(client, name, "stop")
+        except FAULTS:
+            pass  # another worker stopped it first, or it is gone: its last user stops and deletes it anyway
+        future.set_result(None)
 
-    threading.Thread(target=run, name="lxdsnap-shared", daemon=True).start()
+    threading.Thread(target=stop, name="lxdsnap-shared-stop", daemon=True).start()
     return future
 
 
