@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint package bench bench-paired bench-transport soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint package bench bench-paired bench-transport bench-xdist soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -61,6 +61,11 @@ bench: setup
 # One suite under two installs of the plugin, alternating (OLD=/path/to/other/venv/bin/python): medians, ratio.
 bench-paired: setup
 	$(BIN)/python benchmarks/paired.py --old $(OLD) --new $(BIN)/python $(BENCH_ARGS)
+
+# pytest -n 2 against -n 0 (one base per run, shared by the workers): a reset-bound suite and one of 1 s tests,
+# alternating runs, whole-process medians and ratios (leaves nothing behind).
+bench-xdist: setup
+	$(BIN)/python benchmarks/xdist.py $(BENCH_ARGS)
 
 # HTTPS against the unix socket, for LXD and Incus (connect, exec, in-place reset, clone): medians, ratios.
 bench-transport: setup setup-incus
