@@ -5,6 +5,8 @@ file: the resets are all the work) and a slow one (tests that each also sleep a 
 The runs alternate (-n 0, -n 2, -n 0, ...) on the same host, pool and image; medians and the ratio -n 0 / -n 2
 are printed with the targets of the xdist design (-n 2 never slower on the reset-bound suite, at least 1.6x
 faster on the slow one). Every run must pass and leave nothing behind (the plugin's own summary says so).
+A third suite, the reset-bound one without the marker (no LXD at all), shows what pytest-xdist itself costs
+here: its controller and workers start as processes of their own.
 
     python benchmarks/xdist.py --runs 5
 """
@@ -33,6 +35,15 @@ def test_it(lxd, i):
     c.write_text("/root/dirty", "x")
     time.sleep({sleep})
 '''
+NO_LXD = '''
+import pytest
+
+
+@pytest.mark.parametrize("i", range({tests}))
+def test_it(tmp_path, i):
+    assert not (tmp_path / "dirty").exists()
+    (tmp_path / "dirty").write_text("x")
+'''
 PYPROJECT = """
 [tool.pytest.ini_options]
 addopts = "-p no:cacheprovider -p no:randomly"
@@ -42,9 +53,10 @@ image = "{image}"
 strategy = "clone"
 {provision}
 """
-SUITES = {  # name: (seconds each test sleeps, -n 0 / -n 2 the target asks for)
+SUITES = {  # name: (seconds each test sleeps, -n 0 / -n 2 the target asks for; None: a reference)
     "reset-bound": (0.0, 1.0),
     "sleep 1 s": (1.0, 1.6),
+    "no lxd": (0.0, None),
 }
 
 
@@ -54,7 +66,8 @@ def timed_run(python: str, folder: str, workers: int) -> float:
     done = subprocess.run(argv, cwd=folder, capture_output=True, text=True)
     took = time.perf_counter() - start
     if done.returncode != 0 or "LEFTOVER" in done.stdout:
-        raise SystemExit(f"pytest {' '.join(argv[3:])} failed in {folder}:\n{done.stdout[-4000:]}{done.stderr[-2000:]}")
+        raise SystemExit(f"pytest {' '.join(argv[3:])} failed in {folder}:\n{done.stdout[-4000:]}"
+                         f"{done.stderr[-2000:]}")
     return took
 
 
@@ -79,7 +92,8 @@ def main() -> None:
         times: dict[int, list[float]] = {0: [], args.workers: []}
         with tempfile.TemporaryDirectory(prefix="lxdsnap-bench-xdist-") as folder:
             Path(folder, "pyproject.toml").write_text(PYPROJECT.format(image=args.image, provision=provision))
-            Path(folder, "test_suite.py").write_text(SUITE.format(tests=tests, sleep=sleep))
+            Path(folder, "test_suite.py").write_text((NO_LXD if target is None else SUITE).format(tests=tests,
+                                                                                                 sleep=sleep))
             for run in range(1, args.runs + 1):
                 for workers in times:
                     took = timed_run(args.python, folder, workers)
@@ -87,9 +101,11 @@ def main() -> None:
                     print(f"{suite}, {tests} tests, -n {workers}, run {run}: {took:.2f} s", flush=True)
         serial, parallel = statistics.median(times[0]), statistics.median(times[args.workers])
         ratio = serial / parallel
-        verdict = "met" if ratio >= target else "MISSED"
+        verdict = ("what pytest-xdist alone costs: -n {workers} - -n 0 = {gap:.2f} s" if target is None else
+                   "target >= {target:g}: " + ("met" if ratio >= target else "MISSED"))
         results.append(f"{suite:12} {tests:3} tests: -n 0 {serial:6.2f} s, -n {args.workers} {parallel:6.2f} s, "
-                       f"-n 0 / -n {args.workers} = {ratio:.2f} (target >= {target:g}: {verdict})")
+                       f"-n 0 / -n {args.workers} = {ratio:.2f} ("
+                       + verdict.format(workers=args.workers, gap=parallel - serial, target=target) + ")")
     print(f"\nmedians of {args.runs} alternating runs, whole pytest process, image {args.image}"
           + (f", provision {args.provision!r}" if args.provision else ""))
     print("\n".join(results))
