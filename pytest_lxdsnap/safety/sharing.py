@@ -101,6 +101,7 @@ def close(client: pylxd.Client, name: str, identity: SessionIdentity, verdict: V
     say on it (with ``unused=False`` its users do not count: a build cut short is of no use to them) and
     ``still(record)`` holds; whether it did. Nobody joins it afterwards."""
     where = lxdapi.where(client, name)
+    lxdapi.settle(client, name)  # a dead builder's create may still run: a write meanwhile breaks it (Incus 6.0)
     while True:
         try:
             record, etag = lxdapi.read_instance(client, name)

@@ -4,14 +4,14 @@ The base is ``lxdsnap-<name>-r<key>``, the key a hash of the run's id (xdist's `
 worker of a run) and of the declaration (:func:`~pytest_lxdsnap.session.reuse.declaration_hash`), so the workers
 find the same instance and a changed declaration never meets an old build; with ``--lxd-reuse`` it is the kept
 build itself, shared the same way. The first worker to create it builds it (``user.lxdsnap.building`` holds its
-tag until the baseline snapshot exists); the others record themselves as its users and wait, showing what they
-wait for as the launch's stage. Every worker then copies its own clones from the shared baseline, named after
-itself (``lxdsnap-<name>-<token>-<n>``). Tests that reset in place (inplace, recipe, readonly) never touch the
-shared base: the first one gets a copy of the shared baseline of the worker's own (``lxdsnap-<name>-<token>``,
-with its own baseline snapshot), so the base only ever has its one snapshot and is never restored — which also
-keeps ZFS's "only the latest snapshot restores" out of the way. At the end each worker leaves: the last live
-user deletes the base, or leaves a kept build stopped at its baseline (who may delete, and how a dead user is
-told from a live one: :mod:`pytest_lxdsnap.safety.sharing`).
+tag until the baseline snapshot exists); the others record themselves as its users (once it runs: never during its
+create operation) and wait, showing what they wait for as the launch's stage. Every worker then copies its own
+clones from the shared baseline, named after itself (``lxdsnap-<name>-<token>-<n>``). Tests that reset in place
+(inplace, recipe, readonly) never touch the shared base: they get a copy of the shared baseline of their worker's
+own (``lxdsnap-<name>-<token>``, with its own baseline snapshot), so the base only ever has its one snapshot and
+is never restored — which also keeps ZFS's "only the latest snapshot restores" out of the way. At the end each
+worker leaves: the last live user deletes the base, or leaves a kept build stopped at its baseline (who may
+delete, and how a dead user is told from a live one: :mod:`pytest_lxdsnap.safety.sharing`).
 
 Not shared (each worker builds its own, as without xdist): with ``--lxd-project auto`` (each worker has a
 project of its own) and for a declaration whose ``target`` spreads the workers over cluster members.
@@ -140,32 +140,48 @@ def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, st
             if _create(s, spec, instance, {**marks, BUILDING_KEY: me.tag(where), mine: me.tag(where)}):
                 return _build(s, spec, shared)
             continue
-        config = record["config"]
-        if not _is_ours(s, spec, shared, record, where):
-            raise OwnershipError(
-                f"instance {instance!r} exists but is not {'the kept build' if shared.kept else 'the shared base'} "
-                f"of declared container {spec.name!r} for this run: it was left alone. Delete or rename it "
-                f"({s.commands(f'delete --force {instance}')}) if it is not yours")
-        closer = holder_at(config, where, CLOSING_KEY)
-        if closer is not None:  # its last user is deleting it: wait, then build a new one
-            if verdict(closer)[0] and sharing.close(client, instance, me, verdict):
-                sharing.delete_closed(client, instance, me)  # the closer died half-way: finish its work
-            else:
-                _wait(s, spec, f"waiting while {who(closer)} deletes an earlier build")
-            continue
-        failed = config.get(SHARED_FAILED_KEY)
-        if failed is not None:
-            raise LxdSnapError(f"building declared container {spec.name!r} (instance {instance}) failed in another "
-                               f"pytest-xdist worker: {failed}")
-        if sharing.users(config, where).get(mine) != me:
-            lxdapi.update_config(client, instance, record, etag, {mine: me.tag(where)})
-            continue  # written, or changed meanwhile: look again
-        if reuse.has_baseline(client, instance, shared.snapshot):
-            return 0.0
+        try:
+            if _step(s, spec, shared, record, etag, verdict):
+                return 0.0
+        except NotFound:
+            continue  # deleted meanwhile (its last user, or a sweep that found every session on it dead): again
+
+
+def _step(s: LxdSession, spec: ContainerSpec, shared: Shared, record: dict[str, Any], etag: str,
+          verdict: sharing.Verdict) -> bool:
+    """One look at the existing shared base: True when this session is its user and its baseline exists, else
+    one step towards that (wait, register, or clear away a build cut short)."""
+    client, me, instance = s.own, s.identity, shared.instance
+    where, mine = lxdapi.where(client, instance), sharing.user_key(me)
+    config = record["config"]
+    if not _is_ours(s, spec, shared, record, where):
+        raise OwnershipError(
+            f"instance {instance!r} exists but is not {'the kept build' if shared.kept else 'the shared base'} "
+            f"of declared container {spec.name!r} for this run: it was left alone. Delete or rename it "
+            f"({s.commands(f'delete --force {instance}')}) if it is not yours")
+    closer = holder_at(config, where, CLOSING_KEY)
+    if closer is not None:  # its last user is deleting it: wait, then build a new one
+        if verdict(closer)[0] and sharing.close(client, instance, me, verdict):
+            sharing.delete_closed(client, instance, me)  # the closer died half-way: finish its work
+        else:
+            _wait(s, spec, f"waiting while {who(closer)} deletes an earlier build")
+        return False
+    failed = config.get(SHARED_FAILED_KEY)
+    if failed is not None:
+        raise LxdSnapError(f"building declared container {spec.name!r} (instance {instance}) failed in another "
+                           f"pytest-xdist worker: {failed}")
+    registered = sharing.users(config, where).get(mine) == me
+    if not registered and (record["status"] == lxdapi.RUNNING  # started, or snapshotted: created
+                           or reuse.has_baseline(client, instance, shared.snapshot)):
+        # Never write while the builder's create operation runs: Incus 6.0 breaks an instance whose config
+        # is written while it is being created from its image (its start and delete then fail).
+        lxdapi.update_config(client, instance, record, etag, {mine: me.tag(where)})
+        return False  # written, or changed meanwhile: look again
+    if not reuse.has_baseline(client, instance, shared.snapshot):
         builder = holder_at(config, where, BUILDING_KEY)
         if builder is not None and builder != me and not verdict(builder)[0]:
             _wait(s, spec, f"waiting for {who(builder)} to build it")
-            continue
+            return False
         # no baseline and nobody building it (the builder died): delete the remains, then build it again
         def cut_short(record: dict[str, Any]) -> bool:
             return not reuse.has_baseline(client, instance, shared.snapshot)
@@ -173,6 +189,8 @@ def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, st
             sharing.delete_closed(client, instance, me)
             gone = who(builder) if builder else "its builder"
             s.notices.append(f"deleted {instance}: its build was cut short ({gone} is gone)")
+        return False
+    return True
 
 
 def _wait(s: LxdSession, spec: ContainerSpec, stage: str) -> None:
