@@ -299,7 +299,11 @@ def leave(s: LxdSession, name: str, shared: Shared, *, keep: bool = False) -> li
             return []  # someone else is deleting it (or it is no longer a shared base)
         if sharing.live(config, where, verdict, besides=me):  # others still use it: just go
             changes: dict[str, str | None] = {mine: None, **({SHARED_KEEP_KEY: "true"} if keep else {})}
-            if (mine not in config and not keep) or lxdapi.update_config(client, instance, record, etag, changes):
+            if holder_at(config, where, BUILDING_KEY) == me:
+                changes[BUILDING_KEY] = None  # a build of ours that failed: the waiting workers see nobody at it
+            if set(changes) == {mine} and mine not in config:
+                return []
+            if lxdapi.update_config(client, instance, record, etag, changes):
                 return []
             continue
         if shared.kept and SHARED_FAILED_KEY not in config:  # a kept build outlives the run, stopped
