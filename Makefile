@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install setup setup-incus test test-incus demo lint package bench bench-paired bench-transport bench-xdist soak clean-lxd
+.PHONY: install setup setup-incus test test-incus demo lint package docs bench bench-paired bench-transport bench-load bench-xdist soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -52,6 +53,17 @@ package: install
 	$(BIN)/python -m build -q -o dist .
 	$(BIN)/twine check --strict dist/*
 
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The docs (docs/, no LXD needed): Sphinx with warnings as errors and every cross reference resolved (-n), from a
+# clean build so every page is read again; then the offline link check (relative links, anchors, reviewed URLs).
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
+	$(BIN)/python docs/checklinks.py docs/_build/html
+
 # Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
 # tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).
 bench: setup
@@ -61,6 +73,10 @@ bench: setup
 # One suite under two installs of the plugin, alternating (OLD=/path/to/other/venv/bin/python): medians, ratio.
 bench-paired: setup
 	$(BIN)/python benchmarks/paired.py --old $(OLD) --new $(BIN)/python $(BENCH_ARGS)
+
+# What the plugin adds to a suite that marks no test (non-editable install; target <= 50 ms). No daemon needed.
+bench-load: install
+	$(BIN)/python benchmarks/load.py $(BENCH_ARGS)
 
 # pytest -n 2 against -n 0 (one base per run, shared by the workers): a reset-bound suite and one of 1 s tests,
 # alternating runs, whole-process medians and ratios (leaves nothing behind).

@@ -55,7 +55,7 @@ class ExecOutputTooLarge(ExecError):
 
 
 class PortError(LxdSnapError):
-    """A proxy device for a container port (``Container.expose``) could not be added."""
+    """A proxy device for a container port (``Container.get_exposed_port``) could not be added."""
 
 
 class HookError(LxdSnapError):

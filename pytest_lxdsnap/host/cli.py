@@ -15,7 +15,8 @@ from pytest_lxdsnap.lxd.backends import INCUS, LXD
 from pytest_lxdsnap.lxd.connection import Endpoint, insecure_warning, trusted_on_first_use
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lxdsnap`` command line (the docs' CLI reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="lxdsnap", description="Prepare and check a host for pytest-lxdsnap")
     parser.add_argument("--endpoint", help="Unix socket path or https:// URL of LXD (default: the local socket)")
     parser.add_argument("--project", help="LXD project (default: LXD's default project)")
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                            "local image (other hosts or CI caches can start from it)")
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
     p_pub.add_argument("--alias", help="image alias (default: lxdsnap/<name>)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     backend = INCUS if getattr(args, "incus", False) else LXD
     # setup looks for a running daemon itself; the other commands talk to Incus at its socket
     url = args.endpoint or (INCUS.socket if backend is INCUS and args.command != "setup" else None)

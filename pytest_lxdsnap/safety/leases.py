@@ -2,7 +2,7 @@
 
 A live session keeps a profile ``lxdsnap-session-<token>`` (used by no instance) whose config holds its
 tag and ``user.lxdsnap.lease``: until when, by the **server's** clock, it counts as alive. A heartbeat
-renews it every third of :data:`~pytest_lxdsnap.safety.ownership.LEASE_SECONDS` and recreates it if it vanished.
+renews it every sixth of :data:`~pytest_lxdsnap.safety.ownership.LEASE_SECONDS` and recreates it if it vanished.
 No pytest here.
 """
 

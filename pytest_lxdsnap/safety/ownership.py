@@ -81,7 +81,7 @@ REUSE_PREFIX = "lxdsnap-keep-"
 REUSE_SNAPSHOT = "lxdsnap-reuse-base"
 
 LEASE_SECONDS = 90.0
-"""A session renews its lease every third of this; a lease that ran out (server's clock) marks it dead."""
+"""A session renews its lease every sixth of this (15 s); a lease that ran out (server's clock) marks it dead."""
 
 SNAPSHOT_PREFIX = "lxdsnap-"
 INSTANCE_PREFIX = "lxdsnap-"
