@@ -319,6 +319,8 @@ def test_a_waiting_worker_shows_whose_build_it_waits_for_and_the_base_outlives_t
         (again,) = second.acquire([name])  # a fresh clone of it, after the first left
         assert again.instance != checkout.instance and lxdapi.status(lxd_client, again.instance) == "Running"
         assert not [g for g in garbage.find_garbage(lxd_client, SessionIdentity()) if g.name == base]
+        assert sharing.delete_abandoned(lxd_client, base, second.identity) == []  # its own sweep, too
+        assert base in instance_names(lxd_client)
         second.release([again])
     finally:
         if not left:

@@ -96,10 +96,11 @@ def is_shared_base(record: dict[str, Any], where: str) -> bool:
 
 
 def close(client: pylxd.Client, name: str, identity: SessionIdentity, verdict: Verdict, *,
-          unused: bool = True, still: Callable[[dict[str, Any]], bool] | None = None) -> bool:
+          unused: bool = True, still: Callable[[dict[str, Any]], bool] | None = None, leaving: bool = True) -> bool:
     """Write ``identity`` as the closer of ``name`` (dropping the users' keys) if no other live session has a
     say on it (with ``unused=False`` its users do not count: a build cut short is of no use to them) and
-    ``still(record)`` holds; whether it did. Nobody joins it afterwards."""
+    ``still(record)`` holds; whether it did. Nobody joins it afterwards. ``leaving``: ``identity`` itself is
+    done with it; else (a sweep or gc) its own tags on the base count like anyone's."""
     where = lxdapi.where(client, name)
     lxdapi.settle(client, name)  # a dead builder's create may still run: a write meanwhile breaks it (Incus 6.0)
     while True:
@@ -110,7 +111,7 @@ def close(client: pylxd.Client, name: str, identity: SessionIdentity, verdict: V
         config = record["config"]
         if still is not None and not still(record):
             return False
-        others = live(config, where, verdict, besides=identity)
+        others = live(config, where, verdict, besides=identity if leaving else None)
         if unused and others:
             return False
         if not unused and any(holder_at(config, where, key) in others for key in (BUILDING_KEY, CLOSING_KEY)):
@@ -136,7 +137,7 @@ def delete_closed(client: pylxd.Client, name: str, identity: SessionIdentity) ->
 def delete_abandoned(client: pylxd.Client, name: str, identity: SessionIdentity) -> list[str]:
     """Delete a shared base whose sessions are all dead (gc, a session's sweep); what was done. A session that
     joined it since it was found keeps it."""
-    if not close(client, name, identity, by_leases(client)):
+    if not close(client, name, identity, by_leases(client), leaving=False):  # the sweeping session may use it
         return []
     delete_closed(client, name, identity)
     return [f"deleted instance {name}"]
