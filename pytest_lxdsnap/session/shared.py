@@ -84,7 +84,7 @@ def who(holder: SessionIdentity) -> str:
 
 def copy_body(shared: Shared, name: str, profiles: tuple[str, ...], identity: SessionIdentity, where: str
               ) -> dict[str, Any]:
-    """Create request for a copy of the shared baseline that ``identity`` owns (a clone, or a worker's own base):
+    """Create request for a worker's own copy of the shared baseline (its clones are made alike, in ClonePool):
     the session's tags, and none of the shared base's keys (an empty value keeps LXD from copying one)."""
     tag = identity.tag(where)
     return {"name": name, "type": "container", "profiles": list(profiles),
@@ -100,7 +100,7 @@ def launch(s: LxdSession, spec: ContainerSpec) -> Tracked:
     if kept:
         instance, snapshot, marks = reuse.kept_name(spec, digest), REUSE_SNAPSHOT, reuse.kept_tags(spec, digest)
         for old in reuse.stale(client, spec, instance):
-            if sharing.close(client, old, s.identity, sharing.by_leases(client)):
+            if sharing.close(client, old, s.identity, sharing.by_leases(client), leaving=False):
                 sharing.delete_closed(client, old, s.identity)
                 s.notices.append(f"deleted {old}: the declaration of {spec.name!r} changed since it was built")
     else:
@@ -108,26 +108,26 @@ def launch(s: LxdSession, spec: ContainerSpec) -> Tracked:
         snapshot, marks = SHARED_SNAPSHOT, {SHARED_KEY: shared_marker(key, lxdapi.where(client, instance))}
     with s.shared_lock:
         s.joined[spec.name] = Shared(instance, snapshot, kept)  # from now on finish() leaves it, whatever happens
-    seconds = join(s, spec, Shared(instance, snapshot, kept), marks)
+    built = join(s, spec, Shared(instance, snapshot, kept), marks)
     record = lxdapi.get_instance(client, instance)
     stopping = _stop_once_all_joined(s, record)
     pool, driver = lxdapi.root_pool(client, record)
     baseline = client.api.instances[instance].snapshots[snapshot].get().json()["metadata"]
     blank = tuple(sorted(k for k in baseline.get("config") or {} if k.startswith("user.lxdsnap.")))
-    if not seconds:  # built by another worker or run: push its expiry on, as the heartbeat does later
+    if built is None:  # built by another worker or run: push its expiry on, as the heartbeat does later
         lxdapi.extend_snapshot_expiry(client, instance, snapshot, s.snapshot_ttl)
-    tracked = Tracked(spec.name, instance, True, snapshot, True, time.monotonic(), pool, driver, seconds,
+    tracked = Tracked(spec.name, instance, True, snapshot, True, time.monotonic(), pool, driver, built or 0.0,
                       base_running=False, shared=Shared(instance, snapshot, kept, blank), shared_stopping=stopping)
-    if not seconds and kept:
+    if built is None and kept:
         s.notices.append(f"reusing {instance} for {spec.name!r} (its declaration is unchanged)")
     if any(s.strategy_for(tracked, r) != "clone" for r in s.planned.get(spec.name, [])):
         own_copy(s, tracked)  # now, in the background, rather than in the first in-place test
     return tracked
 
 
-def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, str]) -> float:
+def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, str]) -> float | None:
     """Become a user of the shared base, building it if nobody has; the baseline snapshot's seconds if this
-    session built it, else 0."""
+    session built it, else None."""
     client, me, instance = s.own, s.identity, shared.instance
     where, mine = lxdapi.where(client, instance), sharing.user_key(me)
     verdict = sharing.by_leases(client)
@@ -142,7 +142,7 @@ def join(s: LxdSession, spec: ContainerSpec, shared: Shared, marks: dict[str, st
             continue
         try:
             if _step(s, spec, shared, record, etag, verdict):
-                return 0.0
+                return None
         except NotFound:
             continue  # deleted meanwhile (its last user, or a sweep that found every session on it dead): again
 
