@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
-	bench bench-paired bench-transport bench-load bench-systemd soak clean-lxd
+	bench bench-paired bench-transport bench-load bench-systemd bench-xdist soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -95,6 +95,11 @@ bench-paired: setup
 # What the plugin adds to a suite that marks no test (non-editable install; target <= 50 ms). No daemon needed.
 bench-load: install
 	$(BIN)/python benchmarks/load.py $(BENCH_ARGS)
+
+# pytest -n 2 against -n 0 (one base per run, shared by the workers): a reset-bound suite and one of 1 s tests,
+# alternating runs, whole-process medians and ratios (leaves nothing behind).
+bench-xdist: setup
+	$(BIN)/python benchmarks/xdist.py $(BENCH_ARGS)
 
 # HTTPS against the unix socket, for LXD and Incus (connect, exec, in-place reset, clone): medians, ratios.
 bench-transport: setup setup-incus

@@ -65,7 +65,8 @@ class InterruptGuard:
             cmd = lxd.commands
             lines += [f"  {cmd.restore(t.instance, t.snapshot)} && {cmd.delete_snapshot(t.instance, t.snapshot)}"
                       for t in list(lxd.tracked.values()) if not t.declared]
-            lines += [f"  {cmd(f'delete --force {t.instance}')}" for t in list(lxd.tracked.values()) if t.declared]
+            lines += [f"  {cmd(f'delete --force {t.instance}')}" for t in list(lxd.tracked.values())
+                      if t.declared and (t.shared is None or t.instance != t.shared.instance)]  # not one others use
             lines.append(")")
         self._say_now("\n".join(lines) + "\n")
         os._exit(pytest.ExitCode.INTERRUPTED)

@@ -26,6 +26,20 @@ class Request:
     scope_key: str = ""
 
 
+@dataclass(frozen=True)
+class Shared:
+    """A base this session shares with the other pytest-xdist workers of its run (see session.shared)."""
+
+    instance: str
+    snapshot: str  # its baseline: every worker's clones (and own copies) are copied from it
+    kept: bool  # a --lxd-reuse build (left at its baseline for later runs), else deleted by its last user
+    blank: tuple[str, ...] = ()  # lxdsnap keys the baseline carries: copies of it drop them
+
+    @property
+    def source(self) -> str:
+        return f"{self.instance}/{self.snapshot}"
+
+
 @dataclass
 class Tracked:
     """A container this session uses, with its baseline snapshot and reset figures."""
@@ -48,6 +62,9 @@ class Tracked:
     base_stopping: Future[None] | None = None
     dirty: bool = False  # the base instance may differ from its baseline
     kept: bool = False  # a declared container kept between runs (--lxd-reuse)
+    shared: Shared | None = None  # pytest-xdist: the run's shared base; clones come from it, and ``instance`` is
+    # it too until an in-place test needs a base of this worker's own (a copy of its baseline)
+    shared_stopping: Future[None] | None = None  # the builder stops the shared base once its baseline exists
 
     @property
     def kind(self) -> str:

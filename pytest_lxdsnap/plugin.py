@@ -166,8 +166,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
     endpoint, specs, worker = config.stash[ENDPOINT], config.stash[SPECS], _worker(config)
     identity = SessionIdentity(token=f"{worker}{secrets.token_hex(3)}") if worker else SessionIdentity()
+    workerinput = getattr(config, "workerinput", {})
     lxd = LxdSession(endpoint, specs, config.stash[OPTIONS], identity=identity, worker=worker,
-                     existing=config.stash[EXISTING])
+                     existing=config.stash[EXISTING],
+                     run=workerinput.get("testrunuid") if worker else None, workers=workerinput.get("workercount", 1))
     lxd.on_provision, lxd.on_ready = session_callbacks(config, lxd)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")

@@ -252,7 +252,12 @@ def update_config(client: pylxd.Client, name: str, record: dict[str, Any], etag:
 
 def set_config_key(client: pylxd.Client, name: str, key: str, value: str | None) -> None:
     """Add, change (value) or remove (None) one config key, leaving every other key as it is."""
-    while not update_config(client, name, *read_instance(client, name), {key: value}):
+    set_config_keys(client, name, {key: value})
+
+
+def set_config_keys(client: pylxd.Client, name: str, changes: dict[str, str | None]) -> None:
+    """Add, change (value) or remove (None) config keys, leaving every other key as it is."""
+    while not update_config(client, name, *read_instance(client, name), changes):
         pass  # changed by someone else between our read and write: apply it to the new record
 
 

@@ -20,9 +20,9 @@ from pylxd.exceptions import NotFound
 
 from pytest_lxdsnap.errors import OwnershipError
 from pytest_lxdsnap.lxd import lxdapi, projects
-from pytest_lxdsnap.safety import claims, leases
+from pytest_lxdsnap.safety import claims, leases, sharing
 from pytest_lxdsnap.safety.ownership import (
-    BUILDING_KEY,
+    CLOSING_KEY,
     CREATED_KEY,
     KEPT_KEY,
     LEGACY,
@@ -46,7 +46,7 @@ GARBAGE_NOUNS = {"snapshot": "snapshot", "project": "project", "lease": "profile
 class Garbage:
     """One thing a dead session left: what it is, why it is garbage, and how to clean it."""
 
-    kind: str  # created, held, kept, reuse, foreign (instances), snapshot, project or lease (a profile)
+    kind: str  # created, held, kept, reuse, shared, foreign (instances), snapshot, project or lease (a profile)
     name: str  # the instance, instance/snapshot, project or profile
     why: str
     clean: Callable[[], list[str]]
@@ -128,10 +128,14 @@ def _owned_garbage(client: pylxd.Client, identity: SessionIdentity, record: dict
         return [Garbage("created", name, f"created by session {created.token} on {created.host}, which is dead "
                         f"({why})", _then(partial(lxdapi.delete_owned_instance, client, name, created),
                                           f"deleted instance {name}"))]
+    if sharing.is_shared_base(record, where):
+        if any(not verdict(holder)[0] for holder in sharing.holders(config, where)):
+            return []  # a live worker still uses it (or is building or deleting it)
+        return [Garbage("shared", name, "a declared container's base shared by pytest-xdist workers that are all "
+                        "gone", partial(sharing.delete_abandoned, client, name, identity))]
     owner = holder_at(config, where)
     if reuse.is_kept(record):
-        building = holder_at(config, where, BUILDING_KEY)
-        if (owner is None or verdict(owner)[0]) and (building is None or verdict(building)[0]):
+        if all(verdict(holder)[0] for holder in [*sharing.holders(config, where), *([owner] if owner else [])]):
             return [Garbage("reuse", name, "a declared container kept for reuse (--lxd-reuse)",
                             partial(_delete_kept_build, client, name, owner, identity))]
         return []
@@ -186,13 +190,15 @@ def clean_foreign(client: pylxd.Client, name: str) -> list[str]:
 
 def _delete_kept_build(client: pylxd.Client, name: str, owner: SessionIdentity | None,
                        identity: SessionIdentity) -> list[str]:
-    """Take a kept build (If-Match, from the dead holder or nobody, as gc found it), then delete it: a session
-    that claimed it since gc looked keeps it."""
+    """Take a kept build (If-Match, from the dead holder or nobody, as gc found it, and closing it to the
+    pytest-xdist workers that share kept builds), then delete it: a session that claimed or joined it since gc
+    looked keeps it."""
     where = lxdapi.where(client, name)
     record, etag = lxdapi.read_instance(client, name)
-    if holder_at(record["config"], where) != owner:
+    if holder_at(record["config"], where) != owner or sharing.live(record["config"], where, sharing.by_leases(client)):
         return []
-    config = {**record["config"], OWNER_KEY: identity.tag(where)}
+    config = {k: v for k, v in record["config"].items() if k not in sharing.users(record["config"], where)}
+    config.update({OWNER_KEY: identity.tag(where), CLOSING_KEY: identity.tag(where)})
     if not lxdapi.put_instance(client, name, record, etag, config=config):
         return []
     reuse.delete_kept(client, name)

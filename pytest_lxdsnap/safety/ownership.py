@@ -53,6 +53,30 @@ KEPT_PLACE_KEY = "user.lxdsnap.kept.place"
 REUSE_KEY = "user.lxdsnap.reuse"
 """Config key on a declared container kept between runs (--lxd-reuse): the hash of its declaration."""
 
+SHARED_KEY = "user.lxdsnap.shared"
+"""Config key on the base of a declared container that the pytest-xdist workers of one run share: the run's
+key, bound to the instance (see :func:`shared_marker`). No session's created or owner tag is on it: it is no
+single worker's, and only :mod:`pytest_lxdsnap.safety.sharing` deletes it."""
+
+SHARED_USER_PREFIX = "user.lxdsnap.shared.user."
+"""Config keys ``<prefix><token>`` on a shared base (or on a --lxd-reuse build that xdist workers share): the tag
+of each session that uses it. The last one to leave deletes the base; a dead one's key is dropped by the
+next user to leave, or by ``lxdsnap gc``."""
+
+CLOSING_KEY = "user.lxdsnap.shared.closing"
+"""Config key on a shared base (or kept build) about to be deleted: the tag of the session (or gc) deleting it.
+It is written with the same compare-and-swap that checks no live session uses it; a session that finds it
+waits until the instance is gone instead of joining it."""
+
+SHARED_FAILED_KEY = "user.lxdsnap.shared.failed"
+"""Config key on a shared base whose build failed: the builder's error, for the workers waiting for it."""
+
+SHARED_KEEP_KEY = "user.lxdsnap.shared.keep"
+"""Config key on a shared base: a session's cleanup hook asked to keep it; the last user keeps it then."""
+
+SHARED_SNAPSHOT = "lxdsnap-shared-base"
+"""The baseline snapshot of a shared base (it carries no session tag: every user's clones copy it)."""
+
 REUSE_PREFIX = "lxdsnap-keep-"
 REUSE_SNAPSHOT = "lxdsnap-reuse-base"
 
@@ -232,11 +256,27 @@ def holder_at(config: dict[str, str], where: str, key: str = OWNER_KEY) -> Sessi
     return tag.holder if tag is not None and tag.where in (where, LEGACY) else None
 
 
+def shared_marker(run: str, where: str) -> str:
+    """The value of ``user.lxdsnap.shared``: the run's key, bound to ``where`` like a tag."""
+    return json.dumps({"run": run, "place": where}, sort_keys=True, separators=(",", ":"))
+
+
+def shared_run(config: dict[str, str], where: str) -> str | None:
+    """The run key of a shared base bound to ``where``; None when ``config`` marks none (or a copy's)."""
+    try:
+        data = json.loads(config.get(SHARED_KEY) or "")
+        return str(data["run"]) if data["place"] == where else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def foreign_keys(config: dict[str, str], where: str) -> list[str]:
     """The lxdsnap keys in ``config`` that were not written for ``where`` (a copy carries them)."""
     tagged = (OWNER_KEY, CREATED_KEY)
     if any(k in config for k in tagged) and not any(holder_at(config, where, k) for k in tagged):
         return sorted(k for k in config if k.startswith("user.lxdsnap."))
+    if SHARED_KEY in config and shared_run(config, where) is None and not any(k in config for k in tagged):
+        return sorted(k for k in config if k.startswith("user.lxdsnap."))  # a copy of a shared base
     if KEPT_KEY in config and kept_until(config, where) is None:
         return sorted(k for k in config if k.startswith("user.lxdsnap."))
     return []

@@ -15,14 +15,16 @@ from pytest_lxdsnap.model import Leftover, Tracked
 from pytest_lxdsnap.safety import claims, garbage, leases
 from pytest_lxdsnap.safety.ownership import OWNER_KEY, POWER_KEY
 from pytest_lxdsnap.session import resets
+from pytest_lxdsnap.session import shared as sharedbases
 
 if TYPE_CHECKING:
     from pytest_lxdsnap.session.core import LxdSession
 
 
 def sweep_dead_sessions(s: LxdSession, also_held: list[str] | None = None) -> None:
-    """Delete the instances (clones, declared containers) and leases of sessions that died without
-    cleaning up; with ``also_held``, restore those existing instances if a dead session holds them."""
+    """Delete the instances (clones, declared containers, bases shared by workers now all gone) and leases of
+    sessions that died without cleaning up; with ``also_held``, restore those existing instances if a dead
+    session holds them."""
     try:
         found = garbage.find_garbage(s.client, s.identity)
     except FAULTS as exc:
@@ -30,7 +32,7 @@ def sweep_dead_sessions(s: LxdSession, also_held: list[str] | None = None) -> No
         return
     for item in found:
         held = item.kind == "held" and item.name in (also_held or [])
-        if not (held or item.kind in ("created", "project", "lease")):
+        if not (held or item.kind in ("created", "shared", "project", "lease")):
             continue
         try:
             s.notices.extend(f"{line} ({item.why})" for line in item.clean())
@@ -46,6 +48,7 @@ def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
         s.executor.shutdown(wait=True, cancel_futures=True)
         return []
     s.heartbeat.finishing = True  # baselines go now: the heartbeat only renews the lease
+    s.closing.set()  # a background launch waiting for another worker's build gives up
     for future in s.launches.values():
         future.cancel()
     _give_back_checkouts(s)
@@ -62,6 +65,7 @@ def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
         if problem:
             s.problems.append(problem)
     s.executor.shutdown(wait=True, cancel_futures=True)
+    _leave_shared(s, keep)  # after the launches' end: none is joining any more
     try:
         return _last_calls(s)
     except FAULTS as exc:
@@ -84,6 +88,10 @@ def _give_back_checkouts(s: LxdSession) -> None:
 
 def _settle(s: LxdSession, tracked: Tracked, keep: Iterable[str]) -> str | None:
     """Leave one container as it should stay after the session; what went wrong, or None."""
+    if tracked.shared_stopping is not None:
+        tracked.shared_stopping.exception()  # wait; the shared base is left (and maybe deleted) after this
+    if tracked.shared is not None and tracked.instance == tracked.shared.instance:
+        return None  # clones only: nothing of this worker's own but the clones (closed) and its key (left later)
     if tracked.broken:  # its baseline stays for recovery
         return tracked.broken
     if tracked.kept:  # --lxd-reuse: leave it stopped at its baseline for the next run
@@ -112,6 +120,20 @@ def _settle(s: LxdSession, tracked: Tracked, keep: Iterable[str]) -> str | None:
     lxdapi.delete_owned_snapshot(s.client, tracked.instance, tracked.snapshot, s.identity)
     claims.release(s.client, tracked.instance, s.identity)
     return None
+
+
+def _leave_shared(s: LxdSession, keep: Iterable[str]) -> None:
+    """Leave each base this session shared with the run's other workers (the last user deletes it); a cleanup
+    hook's wish to keep one is passed on when this worker has no base of its own for it."""
+    keep = set(keep)
+    for name, shared in s.joined.items():
+        tracked = s.tracked.get(name)
+        own = tracked is not None and tracked.instance != shared.instance
+        try:
+            s.kept.extend(sharedbases.leave(s, name, shared, keep=name in keep and not own))
+        except FAULTS as exc:
+            s.problems.append(f"leaving the shared base {shared.instance} of {name!r}: {describe(exc)}; "
+                              "`lxdsnap gc` deletes it once no live session uses it")
 
 
 def _last_calls(s: LxdSession) -> list[Leftover]:
@@ -148,6 +170,10 @@ def leftovers(s: LxdSession) -> list[Leftover]:
     if s.own_project is not None and s.own_project.project in {p["name"] for p in projects.session_projects(client)}:
         if not lxdapi.listing(s.own_project.api.instances, recursion=False):  # else it holds kept states
             found.append(Leftover("session", f"project {s.own_project.project}"))
+    for name, shared in s.joined.items():
+        left = sharedbases.still_used(s, shared)
+        if left:
+            found.append(Leftover(name, left))
     for tracked in s.tracked.values():
         if tracked.declared and not tracked.kept:
             continue

@@ -1,9 +1,10 @@
 """Fresh copy-on-write clones of a declared container's baseline, prepared ahead and retired behind.
 
-A clone is ``<base instance>-<n>``, copied from the baseline snapshot (it inherits the session's tags,
-so only this session may delete it), started (LXD gives it its own machine-id and hostname on this first start:
-:mod:`pytest_lxdsnap.lxd.identity`), and checked for readiness before a test takes it. Used
-clones are stopped and deleted in the background; :meth:`ClonePool.close` waits for all of it.
+A clone is ``<base instance>-<n>`` (of a base pytest-xdist workers share: ``lxdsnap-<name>-<session token>-<n>``),
+copied from the baseline snapshot (with the session's tags, so only this session may delete it), started
+(LXD gives it its own machine-id and hostname on this first start: :mod:`pytest_lxdsnap.lxd.identity`),
+and checked for readiness before a test takes it. Used clones are stopped and deleted in the background;
+:meth:`ClonePool.close` waits for all of it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class ClonePool:
         ready: Callable[[str], object] | None = None,
         target: str | None = None,
         slots: Slots | None = None,
+        prefix: str | None = None,
+        blank: tuple[str, ...] = (),
     ) -> None:
         self._client = client
         self.target = target  # the cluster member of the base (None: standalone or left to LXD)
@@ -86,6 +89,8 @@ class ClonePool:
         self.container = container
         self.base = base
         self.snapshot = snapshot
+        self.prefix = prefix or base  # clones are <prefix>-<n> (a shared base's: named after this session)
+        self.blank = blank  # keys of the baseline's config the clones must not copy (a shared base's own)
         self.profiles = profiles
         self.identity = identity
         self.ahead = ahead
@@ -145,7 +150,7 @@ class ClonePool:
     def _next_name(self) -> str:
         with self._lock:
             self._counter += 1
-            name = f"{self.base}-{self._counter}"
+            name = f"{self.prefix}-{self._counter}"
         if len(name) > MAX_INSTANCE_NAME:
             raise LxdSnapError(f"clone name {name!r} is longer than LXD's {MAX_INSTANCE_NAME} characters; "
                                f"use a shorter container name than {self.container!r}")
@@ -168,7 +173,8 @@ class ClonePool:
             "source": {"type": "copy", "source": f"{self.base}/{self.snapshot}", "instance_only": True},
             "profiles": list(self.profiles),
             # this session's tags, whatever the snapshot carries (a kept baseline carries none)
-            "config": dict.fromkeys((CREATED_KEY, OWNER_KEY), self.identity.tag(lxdapi.where(self._client, name))),
+            "config": {**dict.fromkeys(self.blank, ""),  # an empty value keeps LXD from copying the key
+                       **dict.fromkeys((CREATED_KEY, OWNER_KEY), self.identity.tag(lxdapi.where(self._client, name)))},
         }
         try:
             lxdapi.create_instance(self._client, body, target=self.target)  # beside the base: a CoW copy

@@ -24,11 +24,11 @@ from pytest_lxdsnap.lxd.commands import Commands
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
 from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, describe
 from pytest_lxdsnap.lxd.readiness import declared_where, pid1_is_systemd, wait_ready
-from pytest_lxdsnap.model import Checkout, Leftover, Request, Tracked
+from pytest_lxdsnap.model import Checkout, Leftover, Request, Shared, Tracked
 from pytest_lxdsnap.options import Options
 from pytest_lxdsnap.safety import claims
-from pytest_lxdsnap.safety.ownership import SessionIdentity
-from pytest_lxdsnap.session import cleanup, keeping, launch, preflight, resets
+from pytest_lxdsnap.safety.ownership import INSTANCE_PREFIX, SessionIdentity
+from pytest_lxdsnap.session import cleanup, keeping, launch, preflight, resets, shared
 from pytest_lxdsnap.session.clones import ClonePool, Slots
 from pytest_lxdsnap.session.heartbeat import Heartbeat
 from pytest_lxdsnap.session.strategy import resolve
@@ -46,7 +46,8 @@ class LxdSession:
 
     def __init__(self, endpoint: Endpoint, specs: dict[str, ContainerSpec], options: Options | None = None, *,
                  identity: SessionIdentity | None = None, worker: str | None = None,
-                 existing: dict[str, ExistingSpec] | None = None) -> None:
+                 existing: dict[str, ExistingSpec] | None = None, run: str | None = None,
+                 workers: int = 1) -> None:
         self.endpoint = endpoint
         self.specs = specs
         self.existing = existing or {}  # [tool.lxdsnap.existing.<name>]: settings for containers not declared
@@ -57,6 +58,11 @@ class LxdSession:
         self.identity = identity or SessionIdentity()
         self.take_turns = worker is not None  # claim existing containers per test, not per session (xdist workers)
         self.worker = worker_number(worker)  # picks its cluster member from a spec's targets
+        self.run = run  # pytest-xdist's id of the run, the same in all its workers: they share declared bases
+        self.run_workers = max(workers, 1)  # the run's workers: each runs about its share of the planned tests
+        self.joined: dict[str, Shared] = {}  # the shared bases this session uses (or tried to), by container
+        self.shared_lock = threading.Lock()
+        self.closing = threading.Event()  # finish() began: background waits give up
         self.on_provision: Callable[[ContainerSpec, str], None] | None = None  # (spec, instance): after provision
         self.on_ready: Callable[[str, str], None] | None = None  # (name, instance): a fresh one passed its check
         # (name, stage or None once ready, seconds waited) on every tick while a test waits for a launch
@@ -153,8 +159,10 @@ class LxdSession:
             raise ConfigError(f"container {tracked.name!r}: {exc}") from None
 
     def planned_clone_uses(self, tracked: Tracked) -> int:
+        """The clones this session expects to use: under pytest-xdist every worker collects every test but runs
+        about its share (a clone beyond it is made when a test asks; one prepared for nothing costs as much)."""
         keys = {r.scope_key for r in self.planned.get(tracked.name, []) if self.strategy_for(tracked, r) == "clone"}
-        return len(keys)
+        return -(-len(keys) // self.run_workers)
 
     # -- acquiring -----------------------------------------------------------------------------
     def acquire(self, requests: list[Request] | tuple[str, ...]) -> list[Checkout]:
@@ -222,6 +230,8 @@ class LxdSession:
             instance = tracked.clones.take()
             tracked.reset_times.append(time.perf_counter() - start)
         else:
+            if tracked.shared is not None and tracked.instance == tracked.shared.instance:
+                shared.own_copy(self, tracked)  # an in-place test never restores the base other workers copy
             instance = tracked.instance
             if self.turns(tracked):
                 claims.claim(self.client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
@@ -232,15 +242,18 @@ class LxdSession:
 
     def _start_clones(self, tracked: Tracked) -> None:
         spec = self.specs[tracked.name]
+        source = tracked.shared
         tracked.clones = ClonePool(
-            self.own, self.executor, container=tracked.name, base=tracked.instance, snapshot=tracked.snapshot,
-            profiles=spec.profiles, identity=self.identity, ahead=self.options.lxd_prepare_ahead,
-            planned=self.planned_clone_uses(tracked), ready=lambda instance: self.check_ready(tracked.name, instance),
-            target=spec.target_for(self.worker), slots=self._clone_slots,
+            self.own, self.executor, container=tracked.name, base=source.instance if source else tracked.instance,
+            snapshot=source.snapshot if source else tracked.snapshot, profiles=spec.profiles, identity=self.identity,
+            ahead=self.options.lxd_prepare_ahead, planned=self.planned_clone_uses(tracked),
+            ready=lambda instance: self.check_ready(tracked.name, instance), target=spec.target_for(self.worker),
+            slots=self._clone_slots, prefix=f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}" if source else None,
+            blank=source.blank if source else (),
         )
         tracked.clones.top_up()
         only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self.planned.get(tracked.name, []))
-        if only_clones and tracked.base_running:
+        if only_clones and tracked.base_running and source is None:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
             tracked.base_running = False
             tracked.base_stopping = self.executor.submit(lxdapi.set_power, self.own, tracked.instance, "stop")

@@ -74,4 +74,6 @@ class Heartbeat:
                 continue
             client = s.client_for(tracked.name)
             lxdapi.extend_snapshot_expiry(client, tracked.instance, tracked.snapshot, s.snapshot_ttl)
+            if tracked.shared is not None and tracked.shared.instance != tracked.instance:  # clones still copy it
+                lxdapi.extend_snapshot_expiry(client, tracked.shared.instance, tracked.shared.snapshot, s.snapshot_ttl)
             tracked.extended = time.monotonic()

@@ -28,7 +28,7 @@ from pytest_lxdsnap.safety.ownership import (
     OWNER_KEY,
     REUSE_SNAPSHOT,
 )
-from pytest_lxdsnap.session import reuse
+from pytest_lxdsnap.session import reuse, shared
 
 if TYPE_CHECKING:
     from pytest_lxdsnap.session.core import LxdSession
@@ -117,7 +117,10 @@ def refuse_a_second_zfs_baseline(s: LxdSession, name: str, pool: str, driver: st
 
 
 def launch(s: LxdSession, spec: ContainerSpec) -> Tracked:
-    """Launch a declared container, provision it, wait until ready, and take its baseline snapshot."""
+    """Launch a declared container, provision it, wait until ready, and take its baseline snapshot (under
+    pytest-xdist: join the base the run's workers share, see :mod:`~pytest_lxdsnap.session.shared`)."""
+    if shared.applies(s, spec):
+        return shared.launch(s, spec)
     if s.options.lxd_reuse:
         return launch_kept(s, spec)
     client = s.own
@@ -175,6 +178,12 @@ def launch_kept(s: LxdSession, spec: ContainerSpec) -> Tracked:
 def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str],
           take_baseline: Callable[[], None]) -> float:
     """Create ``instance`` from the declaration, provision it, check it, snapshot it; the snapshot's seconds."""
+    create(s, spec, instance, tags)
+    return prepare(s, spec, instance, take_baseline)
+
+
+def create(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str]) -> None:
+    """Create ``instance`` from the declaration's image, with ``tags`` among its config keys (not started)."""
     client = s.own
     if spec.image_remote is not None:
         server, protocol = REMOTES[spec.image_remote]
@@ -201,6 +210,11 @@ def build(s: LxdSession, spec: ContainerSpec, instance: str, tags: dict[str, str
     except LXD_FAULTS as exc:
         raise LxdSnapError(f"launching declared container {spec.name!r} from image {spec.image!r} failed: "
                            f"{describe(exc)}{config_key_hint(s, spec, describe(exc))}") from None
+
+
+def prepare(s: LxdSession, spec: ContainerSpec, instance: str, take_baseline: Callable[[], None]) -> float:
+    """Start a created ``instance``, provision it, check it, snapshot it; the snapshot's seconds."""
+    client = s.own
     s.stages[spec.name] = "starting"
     lxdapi.set_power(client, instance, "start")
     s.stages[spec.name] = "booting"

@@ -24,7 +24,7 @@ from pytest_lxdsnap.declarations import TABLE, ContainerSpec
 from pytest_lxdsnap.errors import ConfigError, LxdSnapError, OwnershipError
 from pytest_lxdsnap.lxd import lxdapi
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
-from pytest_lxdsnap.safety import leases
+from pytest_lxdsnap.safety import leases, sharing
 from pytest_lxdsnap.safety.ownership import (
     BUILDING_KEY,
     CREATED_KEY,
@@ -135,15 +135,18 @@ def belongs(record: dict[str, Any], name: str) -> bool:
             and config.get(REUSE_NAME_KEY, name) == name)
 
 
-def has_baseline(client: pylxd.Client, name: str) -> bool:
-    return any(s["name"] == REUSE_SNAPSHOT for s in lxdapi.list_snapshots(client, name))
+def has_baseline(client: pylxd.Client, name: str, snapshot: str = REUSE_SNAPSHOT) -> bool:
+    return any(s["name"] == snapshot for s in lxdapi.list_snapshots(client, name))
 
 
 def stale(client: pylxd.Client, spec: ContainerSpec, current: str) -> list[str]:
-    """Kept builds of ``spec`` other than ``current`` (its declaration changed since), not held by anyone."""
+    """Kept builds of ``spec`` other than ``current`` (its declaration changed since), not held or used by
+    anyone alive (pytest-xdist workers of a run share one: see safety.sharing)."""
     records = lxdapi.listing(client.api.instances)
+    verdict = sharing.by_leases(client)
     return [r["name"] for r in records if belongs(r, spec.name) and r["name"] != current
-            and holder_at(r["config"], lxdapi.where(client, r["name"])) is None and builder(client, r) is None]
+            and holder_at(r["config"], lxdapi.where(client, r["name"])) is None and builder(client, r) is None
+            and not sharing.live(r["config"], lxdapi.where(client, r["name"]), verdict)]
 
 
 def builder(client: pylxd.Client, record: dict[str, Any]) -> SessionIdentity | None:
@@ -179,9 +182,10 @@ def delete_kept(client: pylxd.Client, name: str) -> None:
     lxdapi.stop_and_delete(client, name, record["status"])
 
 
-def take_baseline(client: pylxd.Client, name: str, ttl: float) -> None:
-    """Snapshot a kept container's baseline (no session tag in it: any later session may use it)."""
-    body = {"name": REUSE_SNAPSHOT, "stateful": False, "expires_at": lxdapi.expiry(ttl, lxdapi.server_now(client))}
+def take_baseline(client: pylxd.Client, name: str, ttl: float, snapshot: str = REUSE_SNAPSHOT) -> None:
+    """Snapshot a kept container's baseline (no session tag in it: any later session may use it); a shared
+    base's too, under its own snapshot name."""
+    body = {"name": snapshot, "stateful": False, "expires_at": lxdapi.expiry(ttl, lxdapi.server_now(client))}
     lxdapi.when_idle(lambda: lxdapi.wait(client, client.api.instances[name].snapshots.post(json=body)))
 
 
