@@ -227,12 +227,18 @@ def assert_summary(output: object, container: str, **cells: str) -> None:
 # ----------------------------------------------------------------------- a live session in its own process
 
 
+def _default_signals() -> None:
+    """In the child: Ctrl-C, SIGTERM and SIGHUP as a user's shell leaves them, whatever this run inherited (a
+    suite started under nohup, or by a CI runner, ignores SIGHUP, and the plugin leaves ignored signals alone)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start_session(path: Path, *args: str) -> subprocess.Popen[str]:
     """A pytest session in ``path`` as its own process (Ctrl-C and kill -9 reach it alone); its output (stdout
     and stderr) comes from ``communicate()``."""
     return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_signals)
 
 
 def wait_for(flag: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
