@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
-	bench bench-paired bench-transport bench-load bench-systemd bench-xdist soak clean-lxd
+	bench bench-strategies bench-paired bench-transport bench-load bench-systemd bench-xdist soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -82,11 +82,17 @@ docs: $(DOCS_STAMP)
 	$(BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
 	$(BIN)/python docs/checklinks.py docs/_build/html
 
-# Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
-# tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).
-bench: setup
+# The plugin on real systems: whole suites on busybox and Debian 12 + systemd side by side (tutorial recipe, new
+# instance per test, plugin on existing and declared containers, testcontainers + Docker when a Docker daemon
+# answers), in-place resets against LXD's floor, and the targets met or missed (one run; leaves nothing behind).
+bench: setup setup-debian
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/bench.py --stop-hook both $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast.
+bench-strategies: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/strategies.py --stop-hook both $(BENCH_ARGS)
 
 # One suite under two installs of the plugin, alternating (OLD=/path/to/other/venv/bin/python): medians, ratio.
 bench-paired: setup
