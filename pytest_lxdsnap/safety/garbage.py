@@ -95,7 +95,10 @@ def _instance_garbage(client: pylxd.Client, identity: SessionIdentity, record: d
     name, config = record["name"], record["config"] or {}
     where = lxdapi.where(client, name)
     foreign = foreign_keys(config, where)
-    snapshots = lxdapi.list_snapshots(client, name)  # once: an instance's snapshots are read for both checks
+    try:
+        snapshots = lxdapi.list_snapshots(client, name)  # once: an instance's snapshots are read for both checks
+    except NotFound:  # deleted since the listing (a live session retiring a clone): nothing left to collect
+        return []
     stale = [s["name"] for s in snapshots if _is_foreign_snapshot(s, where)]
     copies = []
     if foreign or stale:
