@@ -43,5 +43,7 @@ def test_the_next_test_finds_a_clean_clone(lxd):
 @pytest.mark.lxd("web")
 def test_a_role_variable_per_test(lxd):
     result = lxd.playbook("converge.yml", extra_vars={"site_message": "Changed for one test", "site_port": 8081})
-    assert result.changed == {"web": 2}  # the page and the site; the handler restarts nginx
+    assert result.changed == {"web": 3}  # the page, the site, and the handler that restarts nginx
+    assert [task.split(" : ")[-1] for task in result.changed_tasks["web"]] == [
+        "Template the page", "Template the site, listening on its port", "Restart nginx"]
     assert "Changed for one test" in page(lxd["web"], 8081)
