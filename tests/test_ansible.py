@@ -336,3 +336,20 @@ def test_a_failing_declared_playbook_shows_its_output(suite, debian, lxd_client)
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
     assert refused.stderr.str().strip() == (f"ERROR: [tool.lxdsnap.containers.web] playbook: {suite.path}/missing.yml "
                                             "does not exist (the path starts at the folder of pyproject.toml)")
+
+
+def test_plays_over_https_in_a_project_of_the_session(ansible_suite, debian, https_lxd):
+    ansible_suite.makefile(".toml", pyproject=PYPROJECT + declare("web", debian))
+    ansible_suite.makepyfile(test_https="""
+        import pytest
+
+        @pytest.mark.lxd("web")
+        def test_play(lxd):
+            assert lxd["web"].client.project.startswith("lxdsnap-")  # --lxd-project auto
+            assert lxd.playbook("greeting.yml").changed == {"web": 1}
+            assert lxd["web"].host.file("/etc/greeting").content_string == "hello\\n"
+            assert lxd.idempotent("greeting.yml").ok == {"web": 2}
+    """)
+    result = ansible_suite.runpytest(*https_lxd.options(), "--lxd-project=auto")
+    result.assert_outcomes(passed=1)
+    assert_summary(result, "web", kind="declared", leftovers="0")
