@@ -8,11 +8,11 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
-	bench bench-strategies bench-paired bench-transport bench-load bench-systemd bench-xdist soak clean-lxd
+	bench bench-strategies bench-paired bench-transport bench-load bench-systemd bench-xdist bench-ansible soak clean-lxd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ansible,testinfra]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,13 +53,14 @@ test-incus: setup-incus setup-incus-debian
 	LXDSNAP_BACKEND=incus $(BIN)/pytest $(PYTEST_ARGS)
 
 # The examples, against the real LXD daemon, with the plugin's summary.
-demo: setup
+demo: setup setup-debian
 	cd examples/seed_tutorial && ../../$(BIN)/python make_container.py create
 	cd examples/seed_tutorial && ../../$(BIN)/pytest -v; status=$$?; ../../$(BIN)/python make_container.py delete; exit $$status
 	cd examples/declared && ../../$(BIN)/pytest -v
 	cd examples/strategies && ../../$(BIN)/pytest -v
 	cd examples/ecosystem && ../../$(BIN)/pytest -v --lxd-durations=3
 	cd examples/ecosystem && ../../$(BIN)/pytest -v -n 2
+	cd examples/ansible_role && ../../$(BIN)/pytest -v
 
 lint: install
 	$(BIN)/ruff check .
@@ -114,6 +115,11 @@ bench-transport: setup setup-incus
 # The systemd tier's costs on lxdsnap/debian-12: clone identity, systemd waits, apt through the package cache.
 bench-systemd: setup-debian
 	$(BIN)/python benchmarks/systemd_costs.py $(BENCH_ARGS)
+
+# A role suite of 5 tests (examples/ansible_role's role): converged once into the baseline against a new instance
+# + converge per test (Molecule's way); medians and ratios (leaves nothing behind).
+bench-ansible: setup-debian
+	$(BIN)/python benchmarks/ansible_role.py $(BENCH_ARGS)
 
 # 500 tests x 2 containers in one session: no leaked instances, snapshots, threads or fds, flat resets.
 soak: setup

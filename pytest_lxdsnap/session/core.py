@@ -117,7 +117,7 @@ class LxdSession:
 
     def container(self, name: str, instance: str) -> Container:
         """The handle tests and hooks get for ``instance`` of container ``name`` (a declared one is disposable)."""
-        return Container(self.client_for(name), name, instance, disposable=name in self.specs)
+        return Container(self.client_for(name), name, instance, disposable=name in self.specs, endpoint=self.endpoint)
 
     def client_for(self, name: str) -> pylxd.Client:
         """The client for a container: declared ones live where the session creates instances."""
