@@ -108,6 +108,11 @@ class ContainerSpec:
         return self.targets[worker % len(self.targets)] if self.targets else None
 
     @property
+    def changes_the_image(self) -> bool:
+        """Whether anything of the declaration changes the container between its first boot and its baseline."""
+        return bool(self.provision or self.package_cache or self.playbook)
+
+    @property
     def image_remote(self) -> str | None:
         return self.image.split(":", 1)[0] if ":" in self.image else None
 

@@ -253,7 +253,7 @@ class LxdSession:
         # never the base. A provisioned base is not: a clone boots what provisioning left (enabled units ...).
         tracked.lendable = (only_clones and tracked.base_running and source is None and not tracked.kept
                             and not tracked.dirty and not self.options.lxd_keep_failed
-                            and not (spec.provision or spec.package_cache or self.on_provision))
+                            and not spec.changes_the_image and self.on_provision is None)
         tracked.clones = ClonePool(
             self.own, self.executor, container=tracked.name, base=source.instance if source else tracked.instance,
             snapshot=source.snapshot if source else tracked.snapshot, profiles=spec.profiles, identity=self.identity,
