@@ -10,7 +10,8 @@ Every figure comes from one run of this script, so ratios compare like with like
 4. Other figures: 4 containers against 1, snapshot time against rootfs size, exec latency, memory.
 
 `make bench-strategies` (benchmarks/strategies.py) has every strategy per pool and with lxcfs's stop hook
-stock and fast. Leaves nothing behind: every instance and snapshot it makes is deleted.
+stock and fast. Every instance and snapshot it makes is deleted; the Docker images of the peer column
+are kept for the next run.
 """
 
 from __future__ import annotations

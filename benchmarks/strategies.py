@@ -395,7 +395,7 @@ def main() -> None:
     parser.add_argument("--debian", action="store_true",
                         help="also measure the Debian 12 + systemd image lxdsnap/debian-12 (built as `lxdsnap setup "
                              "--image debian` builds it, once per machine)")
-    parser.add_argument("--chart", type=Path, default=Path("benchmarks/results.png"))
+    parser.add_argument("--chart", type=Path, default=Path("benchmarks/strategies.png"))
     parser.add_argument("--stop-hook", choices=["as-is", "both"], default="as-is",
                         help="both: also measure the btrfs suites and in-place resets with lxcfs's stop hook "
                              "stock and fast (`lxdsnap setup --fast-stop`), restoring the host's choice after")

@@ -14,7 +14,8 @@ pytest subprocess, several ways, interleaved, on the same host, pool and image:
   no systemd: Docker cannot run systemd here), skipped with a note where no Docker daemon answers.
 
 Per-test overhead = (median wall time of the whole pytest process - median of the reference) / N.
-The containers made outside the timed runs are deleted afterwards; the plugin's own are checked gone.
+The containers made outside the timed runs are deleted afterwards; the plugin's own are checked gone. The
+Docker images (``lxdsnap-bench/<image>``) are kept for the next run: `docker image rm` removes them.
 """
 
 from __future__ import annotations
@@ -226,5 +227,8 @@ def overheads(image: str, pool: str, n: int, repeats: int, *, systemd: bool,
                         wait_booted(running, systemd)
     finally:
         subprocess.run(["lxc", "delete", "--force", running], check=False, capture_output=True)
+    left = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n", "lxdsnap-"], capture_output=True, text=True)
+    if left.stdout.split():
+        raise SystemExit(f"the plugin's runs left instances behind: {left.stdout.split()}")
     reference = statistics.median(times["reference"])
     return {v: (statistics.median(t) - reference) / n for v, t in times.items() if v != "reference"}, reference

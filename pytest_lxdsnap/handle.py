@@ -211,7 +211,9 @@ class Containers(Mapping[str, Container]):
         ``subprocess.run([...], env={**os.environ, **lxd.ansible_env()})``."""
         from pytest_lxdsnap.ansible.runner import ansible_env
 
-        return ansible_env()
+        local_temp = self._files() / "tmp"  # Ansible's files on this host go with the test's folder
+        local_temp.mkdir(exist_ok=True)
+        return ansible_env(local_temp)
 
     def playbook(self, playbook: str | Path, *, extra_vars: Mapping[str, Any] | None = None,
                  limit: str | Sequence[str] | None = None, check: bool = False) -> PlaybookResult:

@@ -40,6 +40,7 @@ OPTIONS: pytest.StashKey[Options] = pytest.StashKey()
 ENDPOINT: pytest.StashKey[Endpoint] = pytest.StashKey()
 SPECS: pytest.StashKey[dict[str, ContainerSpec]] = pytest.StashKey()
 EXISTING: pytest.StashKey[dict[str, ExistingSpec]] = pytest.StashKey()
+PROJECT: pytest.StashKey[Path] = pytest.StashKey()  # the folder of pyproject.toml: relative playbook paths
 SESSION: pytest.StashKey[LxdSession] = pytest.StashKey()
 NEXT_ITEM: pytest.StashKey[pytest.Item | None] = pytest.StashKey()
 REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()
@@ -102,8 +103,10 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint = Endpoint(url=options.lxd_endpoint or None, project=options.lxd_project or None,
                         timeout=options.lxd_timeout, cert=options.lxd_cert or None, key=options.lxd_key or None,
                         server_cert=options.lxd_server_cert or None, insecure=options.lxd_insecure)
+    pyproject = pyproject or Path(config.rootpath) / "pyproject.toml"
+    config.stash[PROJECT] = pyproject.parent
     try:
-        config.stash[SPECS], config.stash[EXISTING] = load_all(pyproject or Path(config.rootpath) / "pyproject.toml")
+        config.stash[SPECS], config.stash[EXISTING] = load_all(pyproject)
         check_tls_files(endpoint)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -227,7 +230,7 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
     containers = Containers(request.node.nodeid, {c.tracked.name: lxd.container(c.tracked.name, c.instance)
-                                                  for c in checkouts}, root=request.config.rootpath)
+                                                  for c in checkouts}, root=request.config.stash[PROJECT])
     yield containers
     containers.close()
     reports = request.node.stash.get(REPORTS, {})

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pytest_lxdsnap.declarations import parse_container
 from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd.connection import Endpoint
+from pytest_lxdsnap.model import Request
+from pytest_lxdsnap.options import Options
+from pytest_lxdsnap.session.core import LxdSession
 
 from .helpers import (
     COMMANDS,
@@ -266,3 +271,25 @@ def test_a_timed_out_exec_leaves_no_output_logs_on_an_existing_container(suite, 
     result = suite.runpytest()
     result.assert_outcomes(passed=1)
     assert lxdapi.exec_log_names(lxd_client, name) == []
+
+
+def test_the_base_lent_to_the_first_test_is_restored_before_an_in_place_test(lxd_client):
+    """Nothing provisions web: the first clone test gets the booted base itself. A later in-place request (a plan
+    that did not foresee it, or a strategy hook answering differently at run time) must find it clean."""
+    before = instance_names(lxd_client)
+    spec = parse_container("web", {"image": "lxdsnap/busybox"})
+    session = LxdSession(Endpoint(), {"web": spec}, Options())
+    session.connect()
+    try:
+        session.plan([Request("web"), Request("web")])
+        (lent,) = session.acquire([Request("web")])
+        assert lent.strategy == "clone" and lent.instance == lent.tracked.instance  # the base, not a -<n> clone
+        session.container("web", lent.instance).write_text("/root/dirty", "x")
+        session.release([lent])
+        (inplace,) = session.acquire([Request("web", strategy="inplace")])
+        assert inplace.instance == lent.instance
+        assert not session.container("web", inplace.instance).exists("/root/dirty")
+        session.release([inplace])
+    finally:
+        assert session.finish() == []
+    assert instance_names(lxd_client) == before

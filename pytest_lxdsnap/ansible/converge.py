@@ -4,6 +4,7 @@ digest of what the play is made of, which keys a kept build (``--lxd-reuse``).""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,17 +16,22 @@ from pytest_lxdsnap.errors import PlaybookError, ProvisionError
 CONTENT_DIRS = ("roles", "group_vars", "host_vars", "tasks", "handlers", "templates", "files", "vars", "defaults",
                 "library", "module_utils", "filter_plugins", "collections")
 """Folders beside the playbook that a play reads (Ansible's playbook-adjacent names): their files key the build."""
+CONTENT_SUFFIXES = (".yml", ".yaml", ".json", ".j2", ".cfg", ".ini")
+"""Files beside the playbook that a play may read (vars_files, include_tasks, ansible.cfg ...): they key it too."""
 
 
 def content_digest(playbook: str) -> str:
-    """SHA-256 over the playbook and every file under the :data:`CONTENT_DIRS` beside it (paths and bytes), so a
-    change to a task, template or role variable builds anew, and a change to a test file does not."""
+    """SHA-256 over the playbook, the files beside it ending in :data:`CONTENT_SUFFIXES`, and every file under the
+    :data:`CONTENT_DIRS` beside it, symlinks followed (paths and bytes), so a change to a task, template, vars
+    file or role builds anew, and a change to a test file does not."""
     top = Path(playbook).parent
-    files = [Path(playbook)]
+    files = {Path(playbook)} | {p for p in top.iterdir() if p.is_file() and p.suffix in CONTENT_SUFFIXES}
     for folder in CONTENT_DIRS:
-        files += sorted(p for p in (top / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for root, dirs, names in os.walk(top / folder, followlinks=True):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            files.update(Path(root, name) for name in names)
     digest = hashlib.sha256()
-    for path in files:
+    for path in sorted(files):
         digest.update(str(path.relative_to(top)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -165,9 +165,10 @@ def _problem(result: PlaybookResult, data: dict[str, Any] | None, instances: Map
         why = "; ".join(m for h in unreachable for m in data["messages"].get(h, []))
         return (f"Ansible could not reach {', '.join(container(h) for h in unreachable)}: {why}. Is it running? A "
                 "test that stops a container must start it again before a play")
-    if result.failed_tasks:
-        lines = [f"task {m}" for h in result.failed_tasks for m in data["messages"].get(h, [])]
-        hosts = ", ".join(container(h) for h in result.failed_tasks)
+    failed = [h for h, n in result.failed.items() if n]  # the recap's count: a task a rescue: caught is no failure
+    if failed:
+        lines = [f"task {m}" for h in failed for m in data["messages"].get(h, [])]
+        hosts = ", ".join(container(h) for h in failed)
         return f"the play failed on {hosts}:\n  " + "\n  ".join(lines)
     if result.rc != 0:
         return f"ansible-playbook exited {result.rc}"

@@ -228,7 +228,7 @@ class LxdSession:
                 self._start_clones(tracked)
             assert tracked.clones is not None
             if tracked.lendable:  # the booted base, as clean as a clone (given back: resets.release_one)
-                tracked.lendable, tracked.dirty = False, True
+                tracked.lendable, tracked.lent, tracked.dirty = False, True, True
                 instance = tracked.instance
             else:
                 instance = tracked.clones.take()
@@ -237,6 +237,8 @@ class LxdSession:
             if tracked.shared is not None and tracked.instance == tracked.shared.instance:
                 shared.own_copy(self, tracked)  # an in-place test never restores the base other workers copy
             instance = tracked.instance
+            if tracked.lent:  # a test used the base as a clone: back to the baseline before an in-place test
+                self._restore_lent(tracked)
             if self.turns(tracked):
                 claims.claim(self.client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
             resets.power_base(self, tracked)
@@ -251,8 +253,9 @@ class LxdSession:
         # A base nothing provisioned was booted, checked and snapshotted just now: it is what a clone would be,
         # so the first clone test may use it (one copy, boot and delete fewer, no wait). Clones copy the snapshot,
         # never the base. A provisioned base is not: a clone boots what provisioning left (enabled units ...).
-        tracked.lendable = (only_clones and tracked.base_running and source is None and not tracked.kept
-                            and not tracked.dirty and not self.options.lxd_keep_failed
+        tracked.lendable = (bool(self.planned.get(tracked.name)) and only_clones and tracked.base_running
+                            and source is None and not tracked.kept and not tracked.dirty
+                            and not self.options.lxd_keep_failed
                             and not spec.changes_the_image and self.on_provision is None)
         tracked.clones = ClonePool(
             self.own, self.executor, container=tracked.name, base=source.instance if source else tracked.instance,
@@ -266,6 +269,15 @@ class LxdSession:
         if only_clones and tracked.base_running and source is None and not tracked.lendable:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
             resets.stop_base(self, tracked)
+
+    def _restore_lent(self, tracked: Tracked) -> None:
+        if tracked.base_stopping is not None:
+            tracked.base_stopping.result()
+            tracked.base_stopping = None
+        problem = resets.restore(self, tracked)
+        if problem:
+            raise ResetError(problem)
+        tracked.lent = False
 
     def check_ready(self, name: str, instance: str) -> None:
         """Wait until ``instance`` of container ``name`` is ready, then run the ready hooks."""

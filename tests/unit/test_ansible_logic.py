@@ -55,8 +55,11 @@ def test_problems_from_the_callback_data():
     assert _problem(result(rc=4, stdout=""), None, instances).startswith("ansible-playbook could not run /p/site.yml")
     assert _problem(result(rc=4, stdout="", unreachable={"web": 1}), data, instances).startswith(
         "Ansible could not reach container 'web' (instance lxdsnap-web-1): a task: boom.")
-    assert _problem(result(rc=2, stdout="", failed_tasks={"web": ["a task"]}), data, instances) == (
-        "the play failed on container 'web' (instance lxdsnap-web-1):\n  task a task: boom")
+    assert _problem(result(rc=2, stdout="", failed={"web": 1}, failed_tasks={"web": ["a task"]}), data,
+                    instances) == "the play failed on container 'web' (instance lxdsnap-web-1):\n  task a task: boom"
+    # a task a block's rescue: caught: Ansible reports it failed, the recap counts no failure, the play passed
+    rescued = result(rc=0, stdout="", ok={"web": 2}, failed={"web": 0}, failed_tasks={"web": ["a task"]})
+    assert _problem(rescued, data, instances) is None
     assert _problem(result(rc=0, stdout=""), {"messages": {}}, instances).startswith(
         "the play ran on none of the test's containers (\"web\")")
     assert _problem(result(rc=0, stdout="", ok={"web": 1}), {"messages": {}}, instances) is None
@@ -82,7 +85,18 @@ def test_the_digest_follows_the_play_and_its_roles_not_the_tests(tmp_path):
     (tmp_path / "test_role.py").write_text("def test(): pass\n")
     assert content_digest(str(playbook)) == first
     (tmp_path / "roles" / "r" / "tasks" / "main.yml").write_text("- debug: {msg: x}\n")
-    assert content_digest(str(playbook)) != first
+    second = content_digest(str(playbook))
+    assert second != first
+    (tmp_path / "vars.yml").write_text("port: 80\n")  # a vars_files: beside the playbook
+    third = content_digest(str(playbook))
+    assert third != second
+    shared = tmp_path / "shared" / "site" / "tasks"  # a role that is a symlink to a folder elsewhere
+    shared.mkdir(parents=True)
+    (shared / "main.yml").write_text("- debug: {}\n")
+    (tmp_path / "roles" / "site").symlink_to(tmp_path / "shared" / "site")
+    fourth = content_digest(str(playbook))
+    (shared / "main.yml").write_text("- debug: {msg: changed}\n")
+    assert fourth != third and content_digest(str(playbook)) != fourth
 
 
 def test_the_playbook_key(tmp_path, monkeypatch):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible.errors import AnsibleConnectionFailure, AnsibleFileNotFound
+import requests
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.plugins.connection import ConnectionBase
 
-from pytest_lxdsnap.errors import ExecError, LxdSnapError
+from pytest_lxdsnap.errors import ExecError, ExecOutputTooLarge, LxdSnapError
 from pytest_lxdsnap.lxd import execution
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
 
@@ -109,8 +110,10 @@ class Connection(ConnectionBase):  # type: ignore[misc]  # ansible-core ships no
         try:
             result = execution.exec_command(self._client, self._instance, ["/bin/sh", "-c", cmd], stdin=in_data,
                                             keep_logs=bool(self.get_option("disposable")))
-        except ExecError as exc:  # LXD refused (a stopped instance) or stopped answering
-            raise AnsibleConnectionFailure(f"lxdsnap: {exc}") from None
+        except ExecOutputTooLarge as exc:  # the container answered: a task's fault, not the connection's
+            raise AnsibleError(f"lxdsnap: {exc}") from None
+        except (ExecError, OSError, requests.RequestException) as exc:  # LXD refused (a stopped or missing
+            raise AnsibleConnectionFailure(f"lxdsnap: {exc}") from None  # instance) or stopped answering
         return result.exit_code, result.stdout_bytes, result.stderr_bytes
 
     def put_file(self, in_path: str, out_path: str) -> None:
@@ -122,7 +125,7 @@ class Connection(ConnectionBase):  # type: ignore[misc]  # ansible-core ships no
             data = fh.read()
         try:
             execution.write_file(self._client, self._instance, out_path, data, mode=os.stat(in_path).st_mode & 0o777)
-        except OSError as exc:
+        except (OSError, requests.RequestException) as exc:
             raise AnsibleConnectionFailure(f"lxdsnap: {exc}") from None
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
@@ -132,7 +135,7 @@ class Connection(ConnectionBase):  # type: ignore[misc]  # ansible-core ships no
             data = execution.read_file(self._client, self._instance, in_path)
         except FileNotFoundError as exc:
             raise AnsibleFileNotFound(f"lxdsnap: {exc}") from None
-        except OSError as exc:
+        except (OSError, requests.RequestException) as exc:
             raise AnsibleConnectionFailure(f"lxdsnap: {exc}") from None
         with open(out_path, "wb") as fh:
             fh.write(data)
