@@ -242,8 +242,7 @@ def inplace_resets(pool: str, image: str, rounds: int, *, systemd: bool = False)
                 if systemd:  # the floor a test may start on: restored and booted
                     dirty(name)
                     samples.setdefault(FLOOR_SYSTEMD, []).append(timed(lambda: (
-                        lxdapi.restore_snapshot(client, name, tracked.snapshot),
-                        exec_command(client, name, ["systemctl", "is-system-running", "--wait"]))))
+                        lxdapi.restore_snapshot(client, name, tracked.snapshot), booted(name))))
                 dirty(name)
                 samples.setdefault("plugin inplace", []).append(timed(lambda: session.reset([tracked])))
                 dirty(name)
@@ -257,6 +256,13 @@ def inplace_resets(pool: str, image: str, rounds: int, *, systemd: bool = False)
     # The tutorial's per-test cost includes taking and deleting its snapshot, outside the timed block above.
     result["tutorial recipe (lxc CLI, snapshot per test)"] += snapshot_and_delete
     return result
+
+
+def booted(instance: str) -> None:
+    """`systemctl is-system-running --wait` until it answers (right after a start there is no bus to ask yet)."""
+    while exec_command(client, instance, ["systemctl", "is-system-running", "--wait"]).stdout.strip() not in (
+            "running", "degraded"):
+        time.sleep(0.05)
 
 
 def checkout_for(tracked: Tracked, strategy: str) -> Checkout:

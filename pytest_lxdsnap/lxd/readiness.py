@@ -23,6 +23,11 @@ SYSTEMD_STATES_FINAL = ("degraded", "maintenance")
 """States ``systemctl is-system-running --wait`` ends in that no further waiting changes."""
 
 
+NO_BUS_RETRY = 0.02
+"""Seconds before asking systemd again when it did not answer (its bus is not up yet): a restored container's is
+up within a few tenths of a second, and every retry is one exec (about 20 ms)."""
+
+
 def declared_where(container: str) -> str:
     return f"[tool.lxdsnap.containers.{container}]"
 
@@ -97,7 +102,9 @@ def wait_systemd(client: pylxd.Client, instance: str, check: ReadyCheck, contain
             return time.monotonic() - start
         if state in SYSTEMD_STATES_FINAL or time.monotonic() + check.interval >= deadline:
             break
-        time.sleep(check.interval)  # "initializing", "starting", or no bus yet: systemd is still coming up
+        # "initializing" or "starting": systemd is still coming up; no answer at all (no bus yet, right after a
+        # start or a restore): it is about to listen, ask again at once
+        time.sleep(check.interval if lines else min(check.interval, NO_BUS_RETRY))
     failed = failed_units(client, instance, disposable=disposable)
     listed = "\n".join(f"  {line}" for line in failed) if failed else "  (none)"
     status = unit_status(client, instance, [line.split()[0] for line in failed], disposable=disposable)
