@@ -11,7 +11,7 @@ from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.host.hostsetup import IMAGES, doctor, setup
 from pytest_lxdsnap.host.setupchanges import STATE_FILE
 from pytest_lxdsnap.host.setupundo import undo
-from pytest_lxdsnap.lxd.backends import INCUS, LXD
+from pytest_lxdsnap.lxd.backends import INCUS, LXD, Backend
 from pytest_lxdsnap.lxd.connection import Endpoint, insecure_warning, trusted_on_first_use
 
 
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_gc.add_argument("--foreign", action="store_true",
                       help="Also clean copies the user made of lxdsnap's instances (`lxc copy`): remove the lxdsnap "
                            "keys and snapshots they carry (never the copies themselves)")
+    p_cluster = sub.add_parser("cluster", parents=[incus], help="A real cluster of N member daemons on loopback, "
+                               "beside the host's daemon (never touching it): `up N` (idempotent) or `down`")
+    p_cluster.add_argument("action", choices=["up", "down"], help="up: start (or complete) it; down: remove it all")
+    p_cluster.add_argument("members", nargs="?", type=int, default=2, help="Members for `up` (default 2)")
     p_pub = sub.add_parser("publish", help="Publish the baseline of a declared container kept by --lxd-reuse as a "
                            "local image (other hosts or CI caches can start from it)")
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             setup(endpoint, log=log, pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend,
                   state_file=args.state_file, images=tuple(args.images), package_cache=args.package_cache)
             return 0
+        if args.command == "cluster":
+            return run_cluster(args.action, args.members, backend)
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)
         if args.command == "publish":
@@ -101,6 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         fix = f"  -> {c.fix}" if not c.ok and c.fix else ""
         print(f"{mark}{c.what:<{width}}  {c.detail}{fix}")
     return 0 if all(c.ok or c.advisory for c in checks) else 1
+
+
+def run_cluster(action: str, count: int, backend: Backend) -> int:
+    """``lxdsnap cluster up N`` / ``down``: the loopback cluster of :mod:`pytest_lxdsnap.host.cluster`."""
+    from pytest_lxdsnap.host import cluster
+
+    log = lambda line: print(f"lxdsnap cluster: {line}", flush=True)  # noqa: E731
+    if action == "down":
+        cluster.down(log, backend=backend)
+        return 0
+    up = cluster.up(count, log, backend=backend)
+    first = up[0]
+    print(f"use it: pytest --lxd-endpoint={first.socket}   (any member's socket, or https://{first.address})")
+    return 0
 
 
 def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False) -> int:
