@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ POOL = "local"
 PORT = 8443
 MAX_MEMBERS = 9  # 127.0.0.2 .. 127.0.0.10
 Log = Callable[[str], None]
+_STARTED: dict[Path, subprocess.Popen[bytes]] = {}  # daemons this process started, reaped when they end
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ def existing(root: Path = ROOT, backend: Backend = LXD) -> list[Member]:
 
 
 def _alive(pid: int) -> bool:
+    for proc in list(_STARTED.values()):
+        if proc.pid == pid and proc.poll() is not None:
+            return False  # ours, ended (and reaped now)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,6 +150,7 @@ def start(member: Member) -> None:
         proc = subprocess.Popen([*member.backend.daemon, "--logfile", str(member.log_file)], env=member.env,
                                 stdin=devnull_in, stdout=log, stderr=log, start_new_session=True, cwd="/")
     member.pid_file.write_text(str(proc.pid))
+    _STARTED[member.dir] = proc
     deadline = time.monotonic() + 60
     while not answers(member):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -188,7 +193,7 @@ def join(first: Member, member: Member) -> None:
     _init(member, preseed)
 
 
-def _init(member: Member, preseed: dict[str, object]) -> None:
+def _init(member: Member, preseed: Mapping[str, object]) -> None:
     argv = ["admin", "init", "--preseed"] if member.backend is INCUS else ["init", "--preseed"]
     tool = "incus" if member.backend is INCUS else "lxd"
     done = subprocess.run([tool, *argv], input=json.dumps(preseed), capture_output=True, text=True,
@@ -198,7 +203,7 @@ def _init(member: Member, preseed: dict[str, object]) -> None:
                            f"see {member.log_file}, then `lxdsnap cluster down` and try again")
 
 
-def import_images(first: Member, tarballs: dict[str, bytes | Path], log: Log) -> None:
+def import_images(first: Member, tarballs: Mapping[str, bytes | Path], log: Log) -> None:
     """Import each image (alias -> tarball) once, on member 1, unless the alias is there."""
     have = {a["name"] for a in json.loads(run(first, "query", "/1.0/images/aliases?recursion=1").stdout)}
     for alias, tarball in tarballs.items():
@@ -217,14 +222,16 @@ def import_images(first: Member, tarballs: dict[str, bytes | Path], log: Log) ->
 
 
 def up(count: int, log: Log = print, *, root: Path = ROOT, backend: Backend = LXD,
-       images: dict[str, bytes | Path] | None = None) -> list[Member]:
+       images: Mapping[str, bytes | Path] | None = None) -> list[Member]:
     """Stand up (or complete) a ``count``-member cluster; its members. Idempotent."""
     wanted = members(count, root, backend)
     extra = [m for m in existing(root, backend) if m.index > count]
     if extra:
         raise LxdSnapError(f"a cluster of {len(existing(root, backend))} members is up under {root}; "
                            f"`lxdsnap cluster down` first to make one of {count}")
-    shutil.which(backend.cli) or _missing(backend)
+    if not shutil.which(backend.cli):
+        raise LxdSnapError(f"no `{backend.cli}` here: run `lxdsnap setup{' --incus' if backend is INCUS else ''}` "
+                           "first")
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
     first = wanted[0]
     fresh = not (first.dir / "database").exists()
@@ -245,10 +252,6 @@ def up(count: int, log: Log = print, *, root: Path = ROOT, backend: Backend = LX
     import_images(first, images if images is not None else default_images(), log)
     log(f"cluster: {', '.join(m.name for m in wanted)} ONLINE; sockets {', '.join(m.socket for m in wanted)}")
     return wanted
-
-
-def _missing(backend: Backend) -> None:
-    raise LxdSnapError(f"no `{backend.cli}` here: run `lxdsnap setup{' --incus' if backend is INCUS else ''}` first")
 
 
 def default_images() -> dict[str, bytes | Path]:

@@ -243,11 +243,12 @@ class LxdSession:
     def _start_clones(self, tracked: Tracked) -> None:
         spec = self.specs[tracked.name]
         source = tracked.shared
+        base = source.instance if source else tracked.instance
         tracked.clones = ClonePool(
-            self.own, self.executor, container=tracked.name, base=source.instance if source else tracked.instance,
+            self.own, self.executor, container=tracked.name, base=base,
             snapshot=source.snapshot if source else tracked.snapshot, profiles=spec.profiles, identity=self.identity,
             ahead=self.options.lxd_prepare_ahead, planned=self.planned_clone_uses(tracked),
-            ready=lambda instance: self.check_ready(tracked.name, instance), target=spec.target_for(self.worker),
+            ready=lambda instance: self.check_ready(tracked.name, instance), target=lxdapi.location(self.own, base),
             slots=self._clone_slots, prefix=f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}" if source else None,
             blank=source.blank if source else (),
         )

@@ -269,7 +269,7 @@ def own_copy(s: LxdSession, tracked: Tracked) -> None:
     snapshot = s.identity.snapshot_name(BASELINE_LABEL)
     s.stages[spec.name] = "copying the shared baseline for in-place tests"
     lxdapi.create_instance(client, copy_body(shared, name, spec.profiles, s.identity, lxdapi.where(client, name)),
-                           target=spec.target_for(s.worker))
+                           target=lxdapi.location(client, shared.instance))
     try:
         lxdapi.set_power(client, name, "start")
         s.check_ready(spec.name, name)

@@ -1,0 +1,88 @@
+"""The plugin on a real 2-member LXD cluster (see conftest.py): existing containers on another member than the one
+the session talks to, declared containers spread over members by pytest-xdist, a member killed mid-session, gc
+across members."""
+
+from __future__ import annotations
+
+from pytest_lxdsnap.host import cluster
+from pytest_lxdsnap.host.image import IMAGE_ALIAS
+from pytest_lxdsnap.lxd import lxdapi
+
+from ..helpers import DECLARED_WEB, as_found, assert_left_as_found, assert_summary, throwaway_name
+
+
+def make_on(client, member: str, *, snapshot: str | None = None) -> str:
+    """A running busybox instance on cluster member ``member``: the user's own container."""
+    name = throwaway_name()
+    lxdapi.create_instance(client, {"name": name, "source": {"type": "image", "alias": IMAGE_ALIAS}}, target=member)
+    lxdapi.set_power(client, name, "start")
+    if snapshot:
+        lxdapi.wait(client, client.api.instances[name].snapshots.post(json={"name": snapshot}))
+    return name
+
+
+def delete(client, name: str) -> None:
+    if lxdapi.instance_exists(client, name):
+        lxdapi.stop_and_delete(client, name, lxdapi.status(client, name))
+
+
+def test_the_tutorial_on_a_container_on_member_2_reached_through_member_1(suite, on_cluster):
+    client = on_cluster.client(1)
+    name = make_on(client, "m2", snapshot="ubuntu-test-1")
+    try:
+        found = as_found(client, name)
+        suite.makepyfile(f"""
+            import pytest
+
+            @pytest.mark.lxd("{name}")
+            @pytest.mark.parametrize("attempt", range(3))
+            def test_change_the_container(lxd, attempt):
+                c = lxd["{name}"]
+                assert c.status == "Running"
+                assert not c.exists("/root/this_file.txt")
+                c.exec(["touch", "/root/this_file.txt"], check=True)
+                assert c.exists("/root/this_file.txt")
+        """)
+        result = suite.runpytest("-v", on_cluster.endpoint(1))
+        result.assert_outcomes(passed=3)
+        assert_summary(result, name, kind="existing", instance=name, resets="3", strategies="inplace 3")
+        record = lxdapi.get_instance(client, name)
+        assert (record["location"], record["status"]) == ("m2", "Running")
+        member2 = on_cluster.members[1]
+        assert cluster.run(member2, "exec", name, "--", "test", "-e", "/root/this_file.txt",
+                           check=False).returncode == 1
+        assert_left_as_found(client, name, found)
+    finally:
+        delete(client, name)
+
+
+XDIST_SUITE = """
+import pathlib
+
+import pytest
+
+@pytest.mark.lxd("web")
+@pytest.mark.parametrize("i", range(4))
+def test_clean(lxd, i):
+    c = lxd["web"]
+    assert not c.exists("/root/dirty")
+    c.write_text("/root/dirty", "x")
+    api = c.client.api.instances
+    base = c.instance_name.rsplit("-", 1)[0]  # a clone is <base>-<n>
+    where, base_where = (api[n].get().json()["metadata"]["location"] for n in (c.instance_name, base))
+    with open(pathlib.Path(__file__).parent / "placed.txt", "a") as out:
+        out.write(f"{c.instance_name} {where} {base} {base_where}\\n")
+"""
+
+
+def test_declared_target_list_under_xdist_puts_each_workers_base_and_clones_on_its_own_member(suite, on_cluster):
+    suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = ["m1", "m2"]\nstrategy = "clone"\n')
+    suite.makepyfile(XDIST_SUITE)
+    result = suite.runpytest_subprocess("-n", "2", "-v", on_cluster.endpoint(1))
+    result.assert_outcomes(passed=4)
+    placed = [line.split() for line in (suite.path / "placed.txt").read_text().splitlines()]
+    assert len(placed) == 4, placed
+    assert all(where == base_where for _, where, _, base_where in placed), placed  # a clone beside its base
+    members = {where for _, where, _, _ in placed}
+    assert members == {"m1", "m2"}, placed  # each worker on its own member, both used
+    assert "migrat" not in result.stdout.str()
