@@ -138,14 +138,15 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
         open_lease(client, identity)
     try:
         found = find_garbage(client, identity)
-        cleaning = [g for g in found if g.kind != "foreign" or foreign]
+        cleaning = [g for g in found if g.kind not in ("foreign", "offline") or (foreign and g.kind == "foreign")]
+        offline = [g for g in found if g.kind == "offline"]
         if not found:
             print("lxdsnap gc: nothing left by dead sessions")
             return 0
         failed = 0
         for garbage in found:
             if garbage not in cleaning:
-                print(f"foreign {garbage.what}: {garbage.why}")
+                print(f"{garbage.kind} {garbage.what}: {garbage.why}")
                 continue
             print(f"{'would clean' if dry_run else 'cleaning'} {garbage.what}: {garbage.why}")
             if dry_run:
@@ -158,7 +159,7 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
                 print(f"  FAILED: {describe(exc)}", file=sys.stderr)
         if not cleaning:
             print("lxdsnap gc: nothing left by dead sessions")
-        return 1 if failed else 0
+        return 1 if failed or offline else 0
     finally:
         if not dry_run:
             close_lease(client, identity)

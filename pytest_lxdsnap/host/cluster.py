@@ -144,6 +144,9 @@ def start(member: Member) -> None:
     """Start the member's daemon (its directory made first: empty, root-owned, mode 755), wait until ready."""
     if answers(member):
         return
+    old = _STARTED.pop(member.dir, None)
+    if old is not None:
+        old.poll()  # a daemon of ours that was killed: reaped
     member.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(member.dir, 0o755)
     with open(os.devnull, "rb") as devnull_in, open(member.log_file, "ab") as log:

@@ -8,7 +8,7 @@ from pytest_lxdsnap.host import cluster
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 
-from ..helpers import DECLARED_WEB, as_found, assert_left_as_found, assert_summary, throwaway_name
+from ..helpers import DECLARED_WEB, as_found, assert_left_as_found, assert_summary, lxdsnap, throwaway_name
 
 
 def make_on(client, member: str, *, snapshot: str | None = None) -> str:
@@ -19,6 +19,11 @@ def make_on(client, member: str, *, snapshot: str | None = None) -> str:
     if snapshot:
         lxdapi.wait(client, client.api.instances[name].snapshots.post(json={"name": snapshot}))
     return name
+
+
+def lxdsnap_gc(on_cluster):
+    """`lxdsnap gc` through member 1, as a user runs it."""
+    return lxdsnap("--endpoint", on_cluster.members[0].socket, "gc")
 
 
 def delete(client, name: str) -> None:
@@ -86,3 +91,58 @@ def test_declared_target_list_under_xdist_puts_each_workers_base_and_clones_on_i
     members = {where for _, where, _, _ in placed}
     assert members == {"m1", "m2"}, placed  # each worker on its own member, both used
     assert "migrat" not in result.stdout.str()
+
+
+KILLS_M2 = """
+import os
+import signal
+
+import pytest
+
+
+@pytest.mark.lxd("{m2}")
+def test_a_kills_member_2(lxd):
+    lxd["{m2}"].write_text("/root/dirty", "x")
+    os.kill({pid}, signal.SIGKILL)  # member m2's daemon dies mid-session
+
+
+@pytest.mark.lxd("{m1}")
+def test_b_on_member_1(lxd):
+    assert not lxd["{m1}"].exists("/root/dirty")
+    lxd["{m1}"].write_text("/root/dirty", "x")
+
+
+@pytest.mark.lxd("{m2}")
+def test_c_on_member_2_again(lxd):
+    raise AssertionError("the body must not run: its member is offline")
+
+
+@pytest.mark.lxd("{m1}")
+def test_d_on_member_1_again(lxd):
+    assert not lxd["{m1}"].exists("/root/dirty")
+"""
+
+
+def test_a_member_killed_mid_session_fails_its_tests_by_name_the_others_pass_and_gc_finishes(suite, on_cluster):
+    client = on_cluster.client(1)
+    on_m1, on_m2 = make_on(client, "m1"), make_on(client, "m2")
+    try:
+        found = {name: as_found(client, name) for name in (on_m1, on_m2)}
+        member2 = on_cluster.members[1]
+        suite.makepyfile(KILLS_M2.format(m1=on_m1, m2=on_m2, pid=member2.pid()))
+        result = suite.runpytest_subprocess("-v", on_cluster.endpoint(1))
+        out = result.stdout.str()
+        print(out)
+        assert "Traceback" not in out and "INTERNALERROR" not in out
+        result.assert_outcomes(passed=3, errors=2)
+        result.stdout.fnmatch_lines(["*cluster member 'm2' * offline*"])
+        assert_summary(result, on_m1, resets="2", leftovers="0")
+        cluster.start(member2)  # it comes back: what the session could not clean, gc does
+        gc = lxdsnap_gc(on_cluster)
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+        for name in (on_m1, on_m2):
+            assert_left_as_found(client, name, found[name], recovered=None if name == on_m2 else False)
+    finally:
+        cluster.start(on_cluster.members[1])
+        delete(client, on_m1)
+        delete(client, on_m2)
