@@ -161,6 +161,19 @@ def start(member: Member) -> None:
         time.sleep(0.2)
 
 
+def rejoin(member: Member, first: Member, timeout: float = 60) -> None:
+    """Start ``member`` again (after a kill or a stop) and wait until ``first`` reaches it: a member that answers
+    on its socket is not yet one that the others forward to (their event connection to it comes back within
+    seconds), and until then listings show its instances without config and operations on it are not found."""
+    start(member)
+    deadline = time.monotonic() + timeout
+    while run(first, "query", f"/1.0?target={member.name}", check=False, timeout=30).returncode:
+        if time.monotonic() > deadline:
+            raise LxdSnapError(f"cluster member {member.name} is up but {first.name} does not reach it; "
+                               f"see {member.log_file}")
+        time.sleep(0.5)
+
+
 def info(member: Member) -> dict[str, object]:
     out = run(member, "query", "/1.0").stdout
     return dict(json.loads(out))

@@ -10,6 +10,7 @@ member. No pytest here.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from pytest_lxdsnap.lxd.lxdapi import LXD_FAULTS, describe
 ONLINE = "Online"
 UNREACHABLE = re.compile(r"Unable to connect to:? ?(\S+?:\d+)")
 FANOUT = "Missing event connection with target cluster member"
+PROBE_TIMEOUT = 2.0
+"""Seconds to wait for a member's address to accept a connection."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,42 @@ def member_states(client: pylxd.Client) -> list[MemberState]:
         found.append(MemberState(record["server_name"], address, str(record.get("status", "")),
                                  str(record.get("message", ""))))
     return found
+
+
+def answers(client: pylxd.Client, member: MemberState, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether ``member``'s daemon answers now. LXD still lists a member whose daemon just died as Online (until
+    the heartbeats miss it), so: a TCP connection to its address first (refused at once when it is down); only
+    when that fails (the address may just be out of this machine's reach, on a real multi-host cluster), the
+    cluster is asked to forward a request to it (which LXD gives up on after about 10 s). A refused connection
+    needs no more asking: the host is there and nothing listens."""
+    host, _, port = member.address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return False  # the host is there and nothing listens: the daemon is down
+    except (OSError, ValueError):
+        pass
+    try:
+        client.api.get(params={"target": member.name})
+    except LXD_FAULTS:
+        return False
+    return True
+
+
+def usable_members(client: pylxd.Client) -> tuple[list[MemberState], list[MemberState]]:
+    """The cluster's members now: those that serve instances, and those that do not (offline, evacuated, or
+    not answering although LXD has not noticed yet), the latter with the reason as their status."""
+    good, bad = [], []
+    for member in member_states(client):
+        if not member.usable:
+            bad.append(member)
+        elif not answers(client, member):
+            bad.append(MemberState(member.name, member.address, "Offline",
+                                   "its daemon does not answer (LXD has not noticed yet)"))
+        else:
+            good.append(member)
+    return good, bad
 
 
 def unreachable_member(client: pylxd.Client, exc: BaseException) -> MemberState | None:

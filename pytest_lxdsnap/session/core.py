@@ -131,6 +131,7 @@ class LxdSession:
         client = connect(replace(self.endpoint, project=None) if self.auto_project else self.endpoint)
         self.commands = Commands(incus=lxdapi.is_incus(client))
         preflight.check_specs(self, client)
+        preflight.check_members(self, client)
         self._client = client
 
     # -- planning ------------------------------------------------------------------------------

@@ -4,11 +4,21 @@ across members."""
 
 from __future__ import annotations
 
+import pytest
+
 from pytest_lxdsnap.host import cluster
 from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 
-from ..helpers import DECLARED_WEB, as_found, assert_left_as_found, assert_summary, lxdsnap, throwaway_name
+from ..helpers import (
+    DECLARED_WEB,
+    as_found,
+    assert_left_as_found,
+    assert_summary,
+    holding_session,
+    lxdsnap,
+    throwaway_name,
+)
 
 
 def make_on(client, member: str, *, snapshot: str | None = None) -> str:
@@ -137,12 +147,90 @@ def test_a_member_killed_mid_session_fails_its_tests_by_name_the_others_pass_and
         result.assert_outcomes(passed=3, errors=2)
         result.stdout.fnmatch_lines(["*cluster member 'm2' * offline*"])
         assert_summary(result, on_m1, resets="2", leftovers="0")
-        cluster.start(member2)  # it comes back: what the session could not clean, gc does
+        on_cluster.rejoin(member2)  # it comes back: what the session could not clean, gc does
         gc = lxdsnap_gc(on_cluster)
         assert gc.returncode == 0, gc.stdout + gc.stderr
         for name in (on_m1, on_m2):
             assert_left_as_found(client, name, found[name], recovered=None if name == on_m2 else False)
     finally:
-        cluster.start(on_cluster.members[1])
+        on_cluster.rejoin(on_cluster.members[1])
+        delete(client, on_m1)
+        delete(client, on_m2)
+
+
+ONE_TEST = """
+import pytest
+
+@pytest.mark.lxd("web")
+def test_it(lxd):
+    raise AssertionError("the body must not run")
+"""
+
+
+def test_a_target_on_an_evacuated_member_is_a_usage_error_before_anything_is_created(suite, on_cluster):
+    client, member2 = on_cluster.client(1), on_cluster.members[1]
+    before = {r["name"] for r in lxdapi.listing(client.api.instances)}
+    cluster.run(member2, "cluster", "evacuate", "m2", "--force")
+    try:
+        suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = ["m1", "m2"]\n')
+        suite.makepyfile(ONE_TEST)
+        result = suite.runpytest(on_cluster.endpoint(1))
+    finally:
+        cluster.run(member2, "cluster", "restore", "m2", "--force")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: [[]tool.lxdsnap.containers.web[]] target: cluster member 'm2' "
+                                 "(127.0.0.3:8443) is evacuated: *. Remove it from `target`, or bring it back "
+                                 "(`lxc cluster restore m2`). Nothing was created."])
+    assert {r["name"] for r in lxdapi.listing(client.api.instances)} == before
+
+
+def test_a_member_down_at_the_start_is_a_usage_error_for_its_target_and_reported_otherwise(suite, on_cluster):
+    client, member2 = on_cluster.client(1), on_cluster.members[1]
+    before = {r["name"] for r in lxdapi.listing(client.api.instances)}
+    cluster.stop(member2, log=lambda line: None)  # its daemon is down; LXD still lists it Online for a while
+    try:
+        suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = ["m1", "m2"]\n')
+        suite.makepyfile(ONE_TEST)
+        refused = suite.runpytest(on_cluster.endpoint(1))
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR
+        refused.stderr.fnmatch_lines(["ERROR: [[]tool.lxdsnap.containers.web[]] target: cluster member 'm2' "
+                                      "(127.0.0.3:8443) is offline: its daemon does not answer*Remove it from "
+                                      "`target`, or start its daemon again. Nothing was created."])
+        assert {r["name"] for r in lxdapi.listing(client.api.instances)} == before
+        suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = "m1"\n')
+        suite.makepyfile("""
+            import pytest
+
+            @pytest.mark.lxd("web")
+            def test_it(lxd):
+                assert lxd["web"].status == "Running"
+        """)
+        reported = suite.runpytest(on_cluster.endpoint(1))
+        reported.assert_outcomes(passed=1)
+        reported.stdout.fnmatch_lines(["NOTE cluster member 'm2' (127.0.0.3:8443) was offline at the session's "
+                                       "start *: tests on containers there fail, naming it"])
+    finally:
+        on_cluster.rejoin(member2)
+
+
+def test_gc_through_member_2_cleans_a_killed_session_on_both_members(suite, on_cluster):
+    client = on_cluster.client(2)
+    on_m1, on_m2 = make_on(client, "m1"), make_on(client, "m2")
+    try:
+        found = {name: as_found(client, name) for name in (on_m1, on_m2)}
+        suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = "m2"\nstrategy = "clone"\n')
+        with holding_session(suite.path, [on_m1, on_m2, "web"], on_cluster.endpoint(1)) as held:
+            held.proc.kill()  # the whole session dies: nothing of its cleanup runs
+            held.proc.wait()
+        left = on_cluster.leftovers()
+        assert any(item.startswith("instance lxdsnap-web-") for item in left), left  # its base and clone, on m2
+        gc = lxdsnap("--endpoint", on_cluster.members[1].socket, "gc")
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+        assert "cleaning instance lxdsnap-web-" in gc.stdout
+        for name in (on_m1, on_m2):
+            assert_left_as_found(client, name, found[name], recovered=True)
+        own = sorted([f"instance {on_m1}", f"instance {on_m2}"])
+        assert sorted(on_cluster.leftovers()) == own  # the test's own, deleted next
+    finally:
         delete(client, on_m1)
         delete(client, on_m2)
