@@ -1,7 +1,7 @@
-"""The cluster tier: a real 2-member LXD cluster on loopback (``lxdsnap cluster up 2``: two more daemons beside
-the host's, their own directories, 127.0.0.2 and 127.0.0.3), built once at the start of the tier and torn down
-at its end, even when tests fail. The host's main daemon is never asked to change anything; the suite's own
-leftover checks still watch it.
+"""The cluster tier: a real 2-member cluster on loopback (``lxdsnap cluster up 2 [--incus]``: two more daemons
+of the suite's backend beside the host's, their own directories, 127.0.0.2 and 127.0.0.3), built once at the
+start of the tier and torn down at its end, even when tests fail. The host's main daemon is never asked to
+change anything; the suite's own leftover checks still watch it.
 
 Every test gets the cluster with nothing of lxdsnap's or the suite's on any member, and must leave it so.
 """
@@ -19,7 +19,6 @@ import pytest
 from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.host import cluster
 from pytest_lxdsnap.host.cluster import Member
-from pytest_lxdsnap.lxd.backends import LXD
 from pytest_lxdsnap.lxd.connection import Endpoint, connect
 
 from ..helpers import BACKEND, plugin_leftovers
@@ -49,13 +48,11 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def lxd_cluster() -> Iterator[Cluster]:
-    if BACKEND is not LXD:
-        pytest.skip("the cluster tier runs against LXD (Incus clusters: see docs/explanation/scaling.md)")
     start = time.monotonic()
     try:
-        members = cluster.up(MEMBERS, log=lambda line: print(f"cluster: {line}"))
+        members = cluster.up(MEMBERS, log=lambda line: print(f"cluster: {line}"), backend=BACKEND)
     except LxdSnapError as exc:
-        cluster.down(log=lambda line: None)
+        cluster.down(log=lambda line: None, backend=BACKEND)
         message = f"the cluster tier needs a loopback LXD cluster; `lxdsnap cluster up {MEMBERS}` failed: {exc}"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
@@ -66,7 +63,7 @@ def lxd_cluster() -> Iterator[Cluster]:
         left = made.leftovers()
         assert not left, f"the cluster tier left on the cluster: {left}"
     finally:
-        cluster.down(log=lambda line: None)
+        cluster.down(log=lambda line: None, backend=BACKEND)
         assert not cluster.ROOT.exists(), f"{cluster.ROOT} is still there after `lxdsnap cluster down`"
 
 

@@ -4,6 +4,8 @@ across members."""
 
 from __future__ import annotations
 
+import fnmatch
+
 import pytest
 
 from pytest_lxdsnap.host import cluster
@@ -11,6 +13,7 @@ from pytest_lxdsnap.host.image import IMAGE_ALIAS
 from pytest_lxdsnap.lxd import lxdapi
 
 from ..helpers import (
+    COMMANDS,
     DECLARED_WEB,
     as_found,
     assert_left_as_found,
@@ -74,6 +77,8 @@ def test_the_tutorial_on_a_container_on_member_2_reached_through_member_1(suite,
 XDIST_SUITE = """
 import pathlib
 
+import fnmatch
+
 import pytest
 
 @pytest.mark.lxd("web")
@@ -106,6 +111,8 @@ def test_declared_target_list_under_xdist_puts_each_workers_base_and_clones_on_i
 KILLS_M2 = """
 import os
 import signal
+
+import fnmatch
 
 import pytest
 
@@ -159,6 +166,8 @@ def test_a_member_killed_mid_session_fails_its_tests_by_name_the_others_pass_and
 
 
 ONE_TEST = """
+import fnmatch
+
 import pytest
 
 @pytest.mark.lxd("web")
@@ -180,7 +189,7 @@ def test_a_target_on_an_evacuated_member_is_a_usage_error_before_anything_is_cre
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: [[]tool.lxdsnap.containers.web[]] target: cluster member 'm2' "
                                  "(127.0.0.3:8443) is evacuated: *. Remove it from `target`, or bring it back "
-                                 "(`lxc cluster restore m2`). Nothing was created."])
+                                 f"(`{COMMANDS('cluster restore m2')}`). Nothing was created."])
     assert {r["name"] for r in lxdapi.listing(client.api.instances)} == before
 
 
@@ -234,3 +243,17 @@ def test_gc_through_member_2_cleans_a_killed_session_on_both_members(suite, on_c
     finally:
         delete(client, on_m1)
         delete(client, on_m2)
+
+
+def test_cluster_up_again_changes_nothing_and_doctor_through_member_2_lists_every_member(on_cluster):
+    again = lxdsnap("cluster", "up", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "bootstrapping" not in again.stdout and "joining" not in again.stdout
+    assert "member m2: up at 127.0.0.3:8443" in again.stdout and "image: lxdsnap/busybox present" in again.stdout
+    doctor = lxdsnap("--endpoint", on_cluster.members[1].socket, "doctor")
+    lines = doctor.stdout.splitlines()
+    for expected in ("ok  cluster * 2 members: m1, m2",
+                     "ok  member m1 * Online at 127.0.0.2:8443 (database-leader, database)*; pools: local (dir)",
+                     "ok  member m2 * Online at 127.0.0.3:8443 *; pools: local (dir)",
+                     "ok  cluster images * lxdsnap/busybox: *"):
+        assert any(fnmatch.fnmatchcase(line, expected) for line in lines), (expected, doctor.stdout)
