@@ -76,36 +76,45 @@ def test_the_tutorial_on_a_container_on_member_2_reached_through_member_1(suite,
 
 XDIST_SUITE = """
 import pathlib
+import time
 
 import fnmatch
 
 import pytest
 
 @pytest.mark.lxd("web")
-@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("i", range({tests}))
 def test_clean(lxd, i):
     c = lxd["web"]
     assert not c.exists("/root/dirty")
     c.write_text("/root/dirty", "x")
-    api = c.client.api.instances
-    base = c.instance_name.rsplit("-", 1)[0]  # a clone is <base>-<n>
-    where, base_where = (api[n].get().json()["metadata"]["location"] for n in (c.instance_name, base))
+    time.sleep(0.2)  # long enough for every worker to get tests
+    records = c.client.api.instances.get(params={"recursion": 1}).json()["metadata"]
+    where = {r["name"]: r["location"] for r in records}
+    bases = " ".join(f"{n}@{m}" for n, m in where.items() if n.startswith("lxdsnap-web-r"))  # the shared bases
     with open(pathlib.Path(__file__).parent / "placed.txt", "a") as out:
-        out.write(f"{c.instance_name} {where} {base} {base_where}\\n")
+        out.write(f"{c.instance_name} {where[c.instance_name]} {bases}\\n")
 """
 
 
-def test_declared_target_list_under_xdist_puts_each_workers_base_and_clones_on_its_own_member(suite, on_cluster):
+@pytest.mark.parametrize("workers", [2, 4])
+def test_declared_target_list_under_xdist_puts_each_workers_base_and_clones_on_its_own_member(suite, on_cluster,
+                                                                                          workers):
+    """Workers go round the members (gw0 m1, gw1 m2, gw2 m1 ...); the workers on one member share one base there
+    (built by one of them), and every clone is a copy beside its base: on its worker's member, where the one base
+    of that member is."""
     suite.makefile(".toml", pyproject=DECLARED_WEB + 'target = ["m1", "m2"]\nstrategy = "clone"\n')
-    suite.makepyfile(XDIST_SUITE)
-    result = suite.runpytest_subprocess("-n", "2", "-v", on_cluster.endpoint(1))
-    result.assert_outcomes(passed=4)
+    suite.makepyfile(XDIST_SUITE.replace("{tests}", str(2 * workers)))
+    result = suite.runpytest_subprocess("-n", str(workers), on_cluster.endpoint(1))
+    result.assert_outcomes(passed=2 * workers)
     placed = [line.split() for line in (suite.path / "placed.txt").read_text().splitlines()]
-    assert len(placed) == 4, placed
-    assert all(where == base_where for _, where, _, base_where in placed), placed  # a clone beside its base
-    members = {where for _, where, _, _ in placed}
-    assert members == {"m1", "m2"}, placed  # each worker on its own member, both used
-    assert "migrat" not in result.stdout.str()
+    assert len(placed) == 2 * workers, placed
+    for clone, where, *bases in placed:
+        worker = int(clone.removeprefix("lxdsnap-web-gw")[0])
+        assert where == ("m1", "m2")[worker % 2], placed  # the worker's member
+        assert sorted(b.split("@")[1] for b in bases) == ["m1", "m2"], placed  # one shared base on each member
+    for worker in range(workers):
+        assert_summary(result, f"gw{worker}/web", kind="declared", leftovers="0")
 
 
 KILLS_M2 = """
