@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "beside the host's daemon (never touching it): `up N` (idempotent) or `down`")
     p_cluster.add_argument("action", choices=["up", "down"], help="up: start (or complete) it; down: remove it all")
     p_cluster.add_argument("members", nargs="?", type=int, default=2, help="Members for `up` (default 2)")
+    p_cluster.add_argument("--image", dest="images", action="append", default=[], choices=["debian"],
+                           help="Also import lxdsnap/debian-12 (its tarball from `lxdsnap setup --image debian`)")
     p_pub = sub.add_parser("publish", help="Publish the baseline of a declared container kept by --lxd-reuse as a "
                            "local image (other hosts or CI caches can start from it)")
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                   state_file=args.state_file, images=tuple(args.images), package_cache=args.package_cache)
             return 0
         if args.command == "cluster":
-            return run_cluster(args.action, args.members, backend)
+            return run_cluster(args.action, args.members, backend, tuple(args.images))
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)
         if args.command == "publish":
@@ -109,15 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c.ok or c.advisory for c in checks) else 1
 
 
-def run_cluster(action: str, count: int, backend: Backend) -> int:
+def run_cluster(action: str, count: int, backend: Backend, images: tuple[str, ...] = ()) -> int:
     """``lxdsnap cluster up N`` / ``down``: the loopback cluster of :mod:`pytest_lxdsnap.host.cluster`."""
     from pytest_lxdsnap.host import cluster
+    from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, tarball_path
 
     log = lambda line: print(f"lxdsnap cluster: {line}", flush=True)  # noqa: E731
     if action == "down":
         cluster.down(log, backend=backend)
         return 0
-    up = cluster.up(count, log, backend=backend)
+    tarballs = cluster.default_images()
+    if "debian" in images:
+        if not tarball_path().is_file():
+            raise LxdSnapError(f"no {tarball_path()}: run `lxdsnap setup --image debian` first (it builds it)")
+        tarballs[DEBIAN_ALIAS] = tarball_path()
+    up = cluster.up(count, log, backend=backend, images=tarballs)
     first = up[0]
     print(f"use it: pytest --lxd-endpoint={first.socket}   (any member's socket, or https://{first.address})")
     return 0

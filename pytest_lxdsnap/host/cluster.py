@@ -271,6 +271,7 @@ def up(count: int, log: Log = print, *, root: Path = ROOT, backend: Backend = LX
 
 
 def default_images() -> dict[str, bytes | Path]:
+    """The images every loopback cluster gets: the offline busybox test image."""
     from pytest_lxdsnap.host.image import IMAGE_ALIAS, build_image_tarball
 
     return {IMAGE_ALIAS: build_image_tarball()}
