@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
-	bench bench-paired bench-transport bench-load bench-systemd bench-xdist soak clean-lxd
+	bench bench-paired bench-transport bench-load bench-systemd bench-xdist bench-cluster soak clean-lxd cluster-up cluster-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -108,6 +108,18 @@ bench-transport: setup setup-incus
 # The systemd tier's costs on lxdsnap/debian-12: clone identity, systemd waits, apt through the package cache.
 bench-systemd: setup-debian
 	$(BIN)/python benchmarks/systemd_costs.py $(BENCH_ARGS)
+
+# A real 2-member LXD cluster on loopback beside the host's daemon (127.0.0.2, 127.0.0.3; never touches it), and
+# its removal (daemons, mounts, /var/lib/lxdsnap-cluster). The cluster tier of `make test` builds its own.
+cluster-up: setup
+	$(BIN)/lxdsnap cluster up 2
+
+cluster-down: install
+	$(BIN)/lxdsnap cluster down
+
+# Per-member reset costs on a loopback cluster (busybox, and Debian when built), all members at once: one table.
+bench-cluster: setup
+	$(BIN)/python benchmarks/cluster.py $(BENCH_ARGS)
 
 # 500 tests x 2 containers in one session: no leaked instances, snapshots, threads or fds, flat resets.
 soak: setup
