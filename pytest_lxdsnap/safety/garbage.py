@@ -76,7 +76,10 @@ def find_garbage(client: pylxd.Client, identity: SessionIdentity) -> list[Garbag
             found.append(Garbage("offline", record["name"], f"on cluster member {record.get('location')!r}, which "
                                  "is offline: not looked at. Run `lxdsnap gc` again once it is back", lambda: []))
             continue
-        found.extend(_instance_garbage(client, identity, record, verdict, now))
+        try:
+            found.extend(_instance_garbage(client, identity, record, verdict, now))
+        except NotFound:
+            continue  # deleted since the listing (a clone retired meanwhile): nothing to judge
     for project in projects.session_projects(client):
         creator = projects.creator(project)
         assert creator is not None  # session_projects() lists only those
