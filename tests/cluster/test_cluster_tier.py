@@ -47,23 +47,28 @@ def delete(client, name: str) -> None:
         lxdapi.stop_and_delete(client, name, lxdapi.status(client, name))
 
 
+def changes(name: str, attempts: int) -> str:
+    """The tutorial's suite: each test finds the running container clean, and changes it."""
+    return f"""
+import pytest
+
+@pytest.mark.lxd("{name}")
+@pytest.mark.parametrize("attempt", range({attempts}))
+def test_change_the_container(lxd, attempt):
+    c = lxd["{name}"]
+    assert c.status == "Running"
+    assert not c.exists("/root/this_file.txt")
+    c.exec(["touch", "/root/this_file.txt"], check=True)
+    assert c.exists("/root/this_file.txt")
+"""
+
+
 def test_the_tutorial_on_a_container_on_member_2_reached_through_member_1(suite, on_cluster):
     client = on_cluster.client(1)
     name = make_on(client, "m2", snapshot="ubuntu-test-1")
     try:
         found = as_found(client, name)
-        suite.makepyfile(f"""
-            import pytest
-
-            @pytest.mark.lxd("{name}")
-            @pytest.mark.parametrize("attempt", range(3))
-            def test_change_the_container(lxd, attempt):
-                c = lxd["{name}"]
-                assert c.status == "Running"
-                assert not c.exists("/root/this_file.txt")
-                c.exec(["touch", "/root/this_file.txt"], check=True)
-                assert c.exists("/root/this_file.txt")
-        """)
+        suite.makepyfile(changes(name, 3))
         result = suite.runpytest("-v", on_cluster.endpoint(1))
         result.assert_outcomes(passed=3)
         assert_summary(result, name, kind="existing", instance=name, resets="3", strategies="inplace 3")
@@ -283,15 +288,7 @@ def test_a_session_over_https_through_member_2_resets_a_container_on_member_1(su
     name = make_on(client, "m1")
     try:
         found = as_found(client, name)
-        suite.makepyfile(f"""
-            import pytest
-
-            @pytest.mark.lxd("{name}")
-            @pytest.mark.parametrize("attempt", range(2))
-            def test_change(lxd, attempt):
-                assert not lxd["{name}"].exists("/root/mark")
-                lxd["{name}"].write_text("/root/mark", "x")
-        """)
+        suite.makepyfile(changes(name, 2))
         member2 = on_cluster.members[1]
         server_cert = member2.dir / "cluster.crt"  # every member serves the cluster's certificate
         result = suite.runpytest(f"--lxd-endpoint=https://{member2.address}", f"--lxd-cert={cert}",
