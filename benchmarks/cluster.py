@@ -50,7 +50,8 @@ def base_on(client: pylxd.Client, image: str, member: str) -> str:
 
 def clone_cycle(client: pylxd.Client, base: str, member: str) -> None:
     name = f"{PREFIX}{secrets.token_hex(3)}"
-    body = {"name": name, "source": {"type": "copy", "source": f"{base}/base", "instance_only": True}}
+    body = {"name": name, "profiles": ["default"],
+            "source": {"type": "copy", "source": f"{base}/base", "instance_only": True}}
     lxdapi.create_instance(client, body, target=member)
     lxdapi.set_power(client, name, "start")
     assert lxdapi.location(client, name) == member, f"{name} is not on {member}: a migration"
