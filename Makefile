@@ -8,11 +8,12 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
-	bench bench-paired bench-transport bench-load bench-systemd bench-xdist bench-cluster soak clean-lxd cluster-up cluster-down
+	bench bench-strategies bench-paired bench-transport bench-load bench-systemd bench-xdist bench-ansible bench-cluster \
+	soak clean-lxd cluster-up cluster-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ansible,testinfra]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,13 +54,14 @@ test-incus: setup-incus setup-incus-debian
 	LXDSNAP_BACKEND=incus $(BIN)/pytest $(PYTEST_ARGS)
 
 # The examples, against the real LXD daemon, with the plugin's summary.
-demo: setup
+demo: setup setup-debian
 	cd examples/seed_tutorial && ../../$(BIN)/python make_container.py create
 	cd examples/seed_tutorial && ../../$(BIN)/pytest -v; status=$$?; ../../$(BIN)/python make_container.py delete; exit $$status
 	cd examples/declared && ../../$(BIN)/pytest -v
 	cd examples/strategies && ../../$(BIN)/pytest -v
 	cd examples/ecosystem && ../../$(BIN)/pytest -v --lxd-durations=3
 	cd examples/ecosystem && ../../$(BIN)/pytest -v -n 2
+	cd examples/ansible_role && ../../$(BIN)/pytest -v
 
 lint: install
 	$(BIN)/ruff check .
@@ -82,11 +84,17 @@ docs: $(DOCS_STAMP)
 	$(BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
 	$(BIN)/python docs/checklinks.py docs/_build/html
 
-# Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast; prints
-# tables and writes benchmarks/results.png (medians and ratios from one run; leaves nothing behind).
-bench: setup
+# The plugin on real systems: whole suites on busybox and Debian 12 + systemd side by side (tutorial recipe, new
+# instance per test, plugin on existing and declared containers, testcontainers + Docker when a Docker daemon
+# answers), in-place resets against LXD's floor, and the targets met or missed (one run; leaves nothing behind).
+bench: setup setup-debian
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/bench.py --stop-hook both $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Every strategy against the tutorial's recipe, per pool, with lxcfs's stop hook stock and fast.
+bench-strategies: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/strategies.py --stop-hook both $(BENCH_ARGS)
 
 # One suite under two installs of the plugin, alternating (OLD=/path/to/other/venv/bin/python): medians, ratio.
 bench-paired: setup
@@ -120,6 +128,10 @@ cluster-down: install
 # Per-member reset costs on a loopback cluster (busybox, and Debian when built), all members at once: one table.
 bench-cluster: setup
 	$(BIN)/python benchmarks/cluster.py $(BENCH_ARGS)
+# A role suite of 5 tests (examples/ansible_role's role): converged once into the baseline against a new instance
+# + converge per test (Molecule's way); medians and ratios (leaves nothing behind).
+bench-ansible: setup-debian
+	$(BIN)/python benchmarks/ansible_role.py $(BENCH_ARGS)
 
 # 500 tests x 2 containers in one session: no leaked instances, snapshots, threads or fds, flat resets.
 soak: setup

@@ -50,6 +50,8 @@ nitpick_ignore_regex = [
     ("py:class", r"Instance|Client"),
     ("py:class", r"pytest_lxdsnap\.lxd\.ports\.WrappedInstance"),
     ("py:class", r"pytest_lxdsnap\.declarations\.ContainerSpec"),
+    ("py:class", r"pytest_lxdsnap\.lxd\.connection\.Endpoint"),
+    ("py:class", r"(pathlib\.)?Path|Any|Host|testinfra(\.\w+)*"),
 ]
 
 # MyST asks every domain to resolve its links; sphinx-argparse's domain cannot and says so for each one.

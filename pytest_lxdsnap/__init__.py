@@ -18,8 +18,11 @@ from pytest_lxdsnap.errors import (
     HookError,
     LxdSnapError,
     LxdUnreachable,
+    MissingExtra,
+    NotIdempotent,
     OperationFailed,
     OwnershipError,
+    PlaybookError,
     PortError,
     ProvisionError,
     ReadinessError,
@@ -28,12 +31,13 @@ from pytest_lxdsnap.errors import (
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (py.typed)
+    from pytest_lxdsnap.ansible.runner import PlaybookResult
     from pytest_lxdsnap.declarations import ContainerSpec, ReadyCheck
     from pytest_lxdsnap.handle import Container, Containers
     from pytest_lxdsnap.lxd.execution import ExecResult
 
 _LAZY = {"Container": "handle", "ExecResult": "lxd.execution", "Containers": "handle", "ContainerSpec": "declarations",
-         "ReadyCheck": "declarations"}
+         "ReadyCheck": "declarations", "PlaybookResult": "ansible.runner"}
 
 
 def __getattr__(name: str) -> object:
@@ -68,8 +72,12 @@ __all__ = [
     "HookError",
     "LxdSnapError",
     "LxdUnreachable",
+    "MissingExtra",
+    "NotIdempotent",
     "OperationFailed",
     "OwnershipError",
+    "PlaybookError",
+    "PlaybookResult",
     "PortError",
     "ProvisionError",
     "ReadinessError",

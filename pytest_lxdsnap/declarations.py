@@ -41,6 +41,9 @@ CONTAINER_KEYS = {
     "package_cache": "true: apt in the container fetches through the host's package cache on 127.0.0.1:3142 "
                      "(`lxdsnap setup --package-cache`); or \"host:port\" of another cache (default: false)",
     "target": "LXD cluster member to launch on, or a list of members that pytest-xdist workers are spread over",
+    "playbook": "an Ansible playbook (path from the folder of pyproject.toml) run once after provision, before the "
+                "baseline snapshot, so every test starts converged; with --lxd-reuse the build is keyed by the "
+                "playbook's and its roles' content (needs pytest-lxdsnap[ansible])",
 }
 EXISTING_KEYS = {
     "ready": "readiness check after every in-place restore of the running container, as for declared containers "
@@ -98,10 +101,16 @@ class ContainerSpec:
     ready: ReadyCheck | None = None
     targets: tuple[str, ...] = ()  # cluster members; xdist worker n uses targets[n % len(targets)]
     package_cache: str | None = None  # "host:port" of the host's package cache apt in the container goes through
+    playbook: str | None = None  # absolute path of the Ansible playbook that converges it before the baseline
 
     def target_for(self, worker: int) -> str | None:
         """The cluster member worker number ``worker`` launches this container on (None: the server decides)."""
         return self.targets[worker % len(self.targets)] if self.targets else None
+
+    @property
+    def changes_the_image(self) -> bool:
+        """Whether anything of the declaration changes the container between its first boot and its baseline."""
+        return bool(self.provision or self.package_cache or self.playbook)
 
     @property
     def image_remote(self) -> str | None:
@@ -127,7 +136,7 @@ def _check_keys(table: Any, keys: dict[str, str], path: str) -> None:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {_choices(keys)}")
 
 
-def parse_container(name: str, table: Any) -> ContainerSpec:
+def parse_container(name: str, table: Any, base: Path | None = None) -> ContainerSpec:
     path = f"[{TABLE}.containers.{name}]"
     if not NAME.match(name):
         raise ConfigError(f"{path}: container names use lowercase letters, digits and '-', start with a letter, "
@@ -169,7 +178,24 @@ def parse_container(name: str, table: Any) -> ContainerSpec:
     if target is not None and (not targets or not all(targets)):
         raise ConfigError(f"{path} target: expected a cluster member name or a non-empty list of them, got {target!r}")
     cache = parse_package_cache(table["package_cache"], f"{path} package_cache") if "package_cache" in table else None
-    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready, targets, cache)
+    playbook = parse_playbook(table["playbook"], f"{path} playbook", base) if "playbook" in table else None
+    return ContainerSpec(name, image, pool, profiles, config, provision, strategy, scope, ready, targets, cache,
+                         playbook)
+
+
+def parse_playbook(value: Any, path: str, base: Path | None) -> str:
+    """An existing playbook file (relative to ``base``, the folder of pyproject.toml), with Ansible installed."""
+    import importlib.util
+
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: expected the path of an Ansible playbook (string), got {value!r}")
+    playbook = (base or Path.cwd()) / value
+    if not playbook.is_file():
+        raise ConfigError(f"{path}: {playbook} does not exist (the path starts at the folder of pyproject.toml)")
+    if importlib.util.find_spec("ansible") is None:
+        raise ConfigError(f"{path}: a playbook needs Ansible (ansible-core), which is not installed: "
+                          "pip install 'pytest-lxdsnap[ansible]'")
+    return str(playbook.resolve())
 
 
 @dataclass(frozen=True)
@@ -257,8 +283,10 @@ def parse_table(data: dict[str, Any]) -> dict[str, ContainerSpec]:
     return parse_all(data)[0]
 
 
-def parse_all(data: dict[str, Any]) -> tuple[dict[str, ContainerSpec], dict[str, ExistingSpec]]:
-    """Validate a ``[tool.lxdsnap]`` table (as a dict): declared containers and existing ones' settings, by name."""
+def parse_all(data: dict[str, Any], base: Path | None = None) -> tuple[dict[str, ContainerSpec],
+                                                                         dict[str, ExistingSpec]]:
+    """Validate a ``[tool.lxdsnap]`` table (as a dict): declared containers and existing ones' settings, by name
+    (paths in it start at ``base``, the folder of pyproject.toml; default: the working directory)."""
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"[{TABLE}]: unknown key {unknown[0]!r}; valid keys: {_choices(TOP_KEYS)}")
@@ -267,7 +295,7 @@ def parse_all(data: dict[str, Any]) -> tuple[dict[str, ContainerSpec], dict[str,
         tables[key] = data.get(key, {})
         if not isinstance(tables[key], dict):
             raise ConfigError(f"[{TABLE}] {key}: expected a table of tables, got {type(tables[key]).__name__}")
-    declared = {name: parse_container(name, table) for name, table in tables["containers"].items()}
+    declared = {name: parse_container(name, table, base) for name, table in tables["containers"].items()}
     existing = {name: parse_existing(name, table) for name, table in tables["existing"].items()}
     both = sorted(set(declared) & set(existing))
     if both:
@@ -296,4 +324,4 @@ def load_all(pyproject: Path) -> tuple[dict[str, ContainerSpec], dict[str, Exist
         return {}, {}
     if not isinstance(table, dict):
         raise ConfigError(f"[{TABLE}] in {pyproject}: expected a table")
-    return parse_all(table)
+    return parse_all(table, pyproject.parent)

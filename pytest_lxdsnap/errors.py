@@ -81,3 +81,22 @@ class OperationFailed(Exception):
     def __init__(self, message: str, metadata: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.metadata = metadata or {}
+
+
+class MissingExtra(LxdSnapError):
+    """An optional part (testinfra, Ansible) was used but its extra is not installed; the message names it."""
+
+
+class PlaybookError(LxdSnapError):
+    """``ansible-playbook`` could not run the play (a missing file, a syntax error, a container it could not
+    reach) or the play failed; ``result`` is the :class:`~pytest_lxdsnap.ansible.runner.PlaybookResult` when it
+    ran."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class NotIdempotent(LxdSnapError, AssertionError):
+    """A play run again on a converged container changed something (``lxd.idempotent``); the message names each
+    task that did. An ``AssertionError`` too: it is a failed check."""

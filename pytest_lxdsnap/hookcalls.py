@@ -27,9 +27,10 @@ def choose_strategy(item: pytest.Item, name: str, declared: bool, requested: str
         raise HookError(str(exc)) from None
 
 
-def session_callbacks(config: pytest.Config, lxd: LxdSession) -> tuple[Callable[[ContainerSpec, str], None],
+def session_callbacks(config: pytest.Config, lxd: LxdSession) -> tuple[Callable[[ContainerSpec, str], None] | None,
                                                                        Callable[[str, str], None]]:
-    """The provision and readiness callbacks the session calls, as hook calls."""
+    """The provision and readiness callbacks the session calls, as hook calls (no provision callback when nobody
+    implements the hook: a base nothing provisions may serve the first test itself)."""
     def on_provision(spec: ContainerSpec, instance: str) -> None:
         container = lxd.container(spec.name, instance)
         _call("pytest_lxdsnap_provision", spec.name, instance,
@@ -41,7 +42,7 @@ def session_callbacks(config: pytest.Config, lxd: LxdSession) -> tuple[Callable[
         _call("pytest_lxdsnap_container_ready", name, instance,
               lambda: config.hook.pytest_lxdsnap_container_ready(container=container, spec=spec))
 
-    return on_provision, on_ready
+    return on_provision if config.hook.pytest_lxdsnap_provision.get_hookimpls() else None, on_ready
 
 
 def _call(hook: str, name: str, instance: str, call: Callable[[], object]) -> None:

@@ -61,6 +61,7 @@ class Tracked:
     base_running: bool = True  # power state the base instance is in now
     base_stopping: Future[None] | None = None
     dirty: bool = False  # the base instance may differ from its baseline
+    lendable: bool = False  # the booted base may serve the first clone test itself (see LxdSession._start_clones)
     kept: bool = False  # a declared container kept between runs (--lxd-reuse)
     shared: Shared | None = None  # pytest-xdist: the run's shared base; clones come from it, and ``instance`` is
     # it too until an in-place test needs a base of this worker's own (a copy of its baseline)

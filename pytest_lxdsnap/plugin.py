@@ -226,8 +226,10 @@ def _lxdsnap_containers(request: pytest.FixtureRequest) -> Generator[Containers]
     waited = time.perf_counter() - started
     if error:  # failed outside the except block, so pytest shows the message alone, once
         pytest.fail(error, pytrace=False)
-    yield Containers(request.node.nodeid, {c.tracked.name: lxd.container(c.tracked.name, c.instance)
-                                           for c in checkouts})
+    containers = Containers(request.node.nodeid, {c.tracked.name: lxd.container(c.tracked.name, c.instance)
+                                                  for c in checkouts}, root=request.config.rootpath)
+    yield containers
+    containers.close()
     reports = request.node.stash.get(REPORTS, {})
     if request.config.stash[OPTIONS].lxd_keep_failed and any(r.failed for r in reports.values()):
         for line in lxd.keep_failed(checkouts, request.node.nodeid):

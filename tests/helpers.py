@@ -90,6 +90,14 @@ def test_it(lxd):
 """
 """A suite whose one test must error before its body runs (bad input, a refused container)."""
 
+NOT_INSTALLED = """
+import sys
+
+for module in [m for m in sys.modules if m == "{package}" or m.startswith("{package}.")] + ["{package}"]:
+    sys.modules[module] = None  # imports of it fail, as if it were not installed
+"""
+"""An inner suite's conftest.py that hides an installed ``{package}`` from the session (an optional extra)."""
+
 # ----------------------------------------------------------------------------------------- commands from outside
 
 

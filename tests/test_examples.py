@@ -40,3 +40,10 @@ def test_declared_examples(lxd_client, name, args, passed):
     assert f"{passed} passed" in result.stdout
     rows = summary(result.stdout)
     assert rows and all(row["leftovers"] == "0" for row in rows.values()), rows
+
+
+def test_ansible_role_example(lxd_client, debian, package_cache):
+    result = run_example(EXAMPLES / "ansible_role")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout
+    assert_summary(result.stdout, "web", kind="declared", resets="5", leftovers="0")

@@ -38,7 +38,7 @@ from pytest_lxdsnap.safety.ownership import (
 from pytest_lxdsnap.session import reuse, shared
 from pytest_lxdsnap.session.core import LxdSession
 
-from .conftest import PYPROJECT, instance_names, lxc, lxdsnap, lxdsnap_argv, snapshot_names, summary
+from .helpers import PYPROJECT, instance_names, lxc, lxdsnap, lxdsnap_argv, snapshot_names, summary
 
 XDIST = ("-n", "2", "-p", "xdist")
 

@@ -76,10 +76,7 @@ def find_garbage(client: pylxd.Client, identity: SessionIdentity) -> list[Garbag
             found.append(Garbage("offline", record["name"], f"on cluster member {record.get('location')!r}, which "
                                  "is offline: not looked at. Run `lxdsnap gc` again once it is back", lambda: []))
             continue
-        try:
-            found.extend(_instance_garbage(client, identity, record, verdict, now))
-        except NotFound:
-            continue  # deleted since the listing (a clone retired meanwhile): nothing to judge
+        found.extend(_instance_garbage(client, identity, record, verdict, now))
     for project in projects.session_projects(client):
         creator = projects.creator(project)
         assert creator is not None  # session_projects() lists only those
@@ -102,7 +99,10 @@ def _instance_garbage(client: pylxd.Client, identity: SessionIdentity, record: d
     name, config = record["name"], record["config"] or {}
     where = lxdapi.where(client, name)
     foreign = foreign_keys(config, where)
-    snapshots = lxdapi.list_snapshots(client, name)  # once: an instance's snapshots are read for both checks
+    try:
+        snapshots = lxdapi.list_snapshots(client, name)  # once: an instance's snapshots are read for both checks
+    except NotFound:  # deleted since the listing (a live session retiring a clone): nothing left to collect
+        return []
     stale = [s["name"] for s in snapshots if _is_foreign_snapshot(s, where)]
     copies = []
     if foreign or stale:

@@ -117,7 +117,7 @@ class LxdSession:
 
     def container(self, name: str, instance: str) -> Container:
         """The handle tests and hooks get for ``instance`` of container ``name`` (a declared one is disposable)."""
-        return Container(self.client_for(name), name, instance, disposable=name in self.specs)
+        return Container(self.client_for(name), name, instance, disposable=name in self.specs, endpoint=self.endpoint)
 
     def client_for(self, name: str) -> pylxd.Client:
         """The client for a container: declared ones live where the session creates instances."""
@@ -228,7 +228,11 @@ class LxdSession:
             if tracked.clones is None:
                 self._start_clones(tracked)
             assert tracked.clones is not None
-            instance = tracked.clones.take()
+            if tracked.lendable:  # the booted base, as clean as a clone (given back: resets.release_one)
+                tracked.lendable, tracked.dirty = False, True
+                instance = tracked.instance
+            else:
+                instance = tracked.clones.take()
             tracked.reset_times.append(time.perf_counter() - start)
         else:
             if tracked.shared is not None and tracked.instance == tracked.shared.instance:
@@ -245,20 +249,25 @@ class LxdSession:
         spec = self.specs[tracked.name]
         source = tracked.shared
         base = source.instance if source else tracked.instance
+        only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self.planned.get(tracked.name, []))
+        # A base nothing provisioned was booted, checked and snapshotted just now: it is what a clone would be,
+        # so the first clone test may use it (one copy, boot and delete fewer, no wait). Clones copy the snapshot,
+        # never the base. A provisioned base is not: a clone boots what provisioning left (enabled units ...).
+        tracked.lendable = (only_clones and tracked.base_running and source is None and not tracked.kept
+                            and not tracked.dirty and not self.options.lxd_keep_failed
+                            and not spec.changes_the_image and self.on_provision is None)
         tracked.clones = ClonePool(
             self.own, self.executor, container=tracked.name, base=base,
             snapshot=source.snapshot if source else tracked.snapshot, profiles=spec.profiles, identity=self.identity,
-            ahead=self.options.lxd_prepare_ahead, planned=self.planned_clone_uses(tracked),
+            ahead=self.options.lxd_prepare_ahead, planned=self.planned_clone_uses(tracked) - tracked.lendable,
             ready=lambda instance: self.check_ready(tracked.name, instance), target=lxdapi.location(self.own, base),
             slots=self._clone_slots, prefix=f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}" if source else None,
             blank=source.blank if source else (),
         )
         tracked.clones.top_up()
-        only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self.planned.get(tracked.name, []))
-        if only_clones and tracked.base_running and source is None:
+        if only_clones and tracked.base_running and source is None and not tracked.lendable:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
-            tracked.base_running = False
-            tracked.base_stopping = self.executor.submit(lxdapi.set_power, self.own, tracked.instance, "stop")
+            resets.stop_base(self, tracked)
 
     def check_ready(self, name: str, instance: str) -> None:
         """Wait until ``instance`` of container ``name`` is ready, then run the ready hooks."""

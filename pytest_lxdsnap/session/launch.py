@@ -3,6 +3,7 @@ launch a declared one (create, start, provision, check, snapshot), kept between 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -231,6 +232,9 @@ def prepare(s: LxdSession, spec: ContainerSpec, instance: str, take_baseline: Ca
                 f"{command!r} exited {result.exit_code}\nstdout: {result.stdout[-2000:]}\n"
                 f"stderr: {result.stderr[-2000:]}\nFix `provision` in [{TABLE}.containers.{spec.name}]"
             )
+    if spec.playbook:
+        s.stages[spec.name] = f"converging with {os.path.basename(spec.playbook)}"
+        converge_with_playbook(s, spec, instance)
     if s.on_provision is not None:
         s.on_provision(spec, instance)
     s.stages[spec.name] = "waiting until ready"
@@ -241,6 +245,14 @@ def prepare(s: LxdSession, spec: ContainerSpec, instance: str, take_baseline: Ca
     start = time.perf_counter()
     take_baseline()
     return time.perf_counter() - start
+
+
+def converge_with_playbook(s: LxdSession, spec: ContainerSpec, instance: str) -> None:
+    """Run the declaration's ``playbook`` against ``instance`` (reached as the session reaches it)."""
+    from pytest_lxdsnap.ansible.converge import converge
+
+    target = s.container(spec.name, instance).target()
+    converge(target, str(spec.playbook), f"[{TABLE}.containers.{spec.name}]")
 
 
 def config_key_hint(s: LxdSession, spec: ContainerSpec, error: str) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pylxd
 
-from pytest_lxdsnap.lxd import lxdapi, members
+from pytest_lxdsnap.lxd import lxdapi, members, ports
 from pytest_lxdsnap.lxd.execution import purge_unread_logs
 from pytest_lxdsnap.lxd.lxdapi import FAULTS
 from pytest_lxdsnap.model import Checkout, Tracked
@@ -28,10 +28,25 @@ def power_base(s: LxdSession, tracked: Tracked) -> None:
     tracked.base_running = tracked.running
 
 
+def stop_base(s: LxdSession, tracked: Tracked) -> None:
+    """Only clones will run: stop the base instance in the background (its delete is then quick), without the
+    ports a test may have exposed on it."""
+    tracked.base_running = False
+    tracked.base_stopping = s.executor.submit(_stop, s, tracked.instance)
+
+
+def _stop(s: LxdSession, instance: str) -> None:
+    ports.remove_all(s.own, instance)
+    lxdapi.set_power(s.own, instance, "stop")
+
+
 def release_one(s: LxdSession, checkout: Checkout) -> str | None:
     tracked = checkout.tracked
     if checkout.strategy == "clone":
         assert tracked.clones is not None
+        if checkout.instance == tracked.instance:  # the base, lent to the first clone test: never used again
+            stop_base(s, tracked)
+            return None
         if checkout.kept:
             tracked.clones.let_go(checkout.instance)
         else:

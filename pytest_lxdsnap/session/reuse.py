@@ -61,6 +61,10 @@ def declaration_hash(client: pylxd.Client, spec: ContainerSpec) -> str:
              "config": spec.config, "provision": list(spec.provision), "ready": repr(spec.ready)}
     if spec.package_cache:  # only when set: hashes of declarations without it stay what they were
         shape["package_cache"] = spec.package_cache
+    if spec.playbook:  # the play's content, not its path: a changed role builds anew
+        from pytest_lxdsnap.ansible.converge import content_digest
+
+        shape["playbook"] = content_digest(spec.playbook)
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:DIGEST_LENGTH]
 
 
