@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: install setup setup-incus setup-debian setup-incus-debian test test-fast test-incus demo lint package docs \
-	bench bench-strategies bench-paired bench-transport bench-load bench-systemd bench-xdist bench-ansible soak clean-lxd
+	bench bench-strategies bench-paired bench-transport bench-load bench-systemd bench-xdist bench-ansible bench-cluster \
+	soak clean-lxd cluster-up cluster-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -116,6 +117,17 @@ bench-transport: setup setup-incus
 bench-systemd: setup-debian
 	$(BIN)/python benchmarks/systemd_costs.py $(BENCH_ARGS)
 
+# A real 2-member LXD cluster on loopback beside the host's daemon (127.0.0.2, 127.0.0.3; never touches it), and
+# its removal (daemons, mounts, /var/lib/lxdsnap-cluster). The cluster tier of `make test` builds its own.
+cluster-up: setup
+	$(BIN)/lxdsnap cluster up 2
+
+cluster-down: install
+	$(BIN)/lxdsnap cluster down
+
+# Per-member reset costs on a loopback cluster (busybox, and Debian when built), all members at once: one table.
+bench-cluster: setup
+	$(BIN)/python benchmarks/cluster.py $(BENCH_ARGS)
 # A role suite of 5 tests (examples/ansible_role's role): converged once into the baseline against a new instance
 # + converge per test (Molecule's way); medians and ratios (leaves nothing behind).
 bench-ansible: setup-debian

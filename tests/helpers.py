@@ -103,9 +103,10 @@ for module in [m for m in sys.modules if m == "{package}" or m.startswith("{pack
 
 def lxdsnap_argv(*args: str) -> list[str]:
     """The lxdsnap command line, as a user runs it, for the suite's daemon (`--incus` for Incus where it takes it)."""
-    if BACKEND is INCUS and args and args[0] in ("setup", "doctor", "gc"):
+    takes = ("setup", "doctor", "gc", "cluster")
+    if BACKEND is INCUS and args and args[0] in takes:
         args = (args[0], "--incus", *args[1:])
-    elif BACKEND is INCUS and len(args) > 2 and args[2] in ("setup", "doctor", "gc"):  # after --endpoint PATH
+    elif BACKEND is INCUS and len(args) > 2 and args[2] in takes:  # after --endpoint PATH
         args = (*args[:3], "--incus", *args[3:])
     return [sys.executable, "-m", "pytest_lxdsnap.host.cli", *args]
 

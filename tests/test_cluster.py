@@ -1,5 +1,5 @@
-"""Cluster targets: a declared container may name a cluster member (or members that pytest-xdist workers are
-spread over). One host cannot form a cluster: these check the request and the standalone server's refusal."""
+"""Cluster targets against the suite's standalone daemon: the request carries the target and a standalone server's
+refusal is explained. The plugin on a real cluster: tests/cluster (the cluster tier)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pytest_lxdsnap.errors import LxdSnapError
 from pytest_lxdsnap.host.hostsetup import IMAGES, doctor, setup
 from pytest_lxdsnap.host.setupchanges import STATE_FILE
 from pytest_lxdsnap.host.setupundo import undo
-from pytest_lxdsnap.lxd.backends import INCUS, LXD
+from pytest_lxdsnap.lxd.backends import INCUS, LXD, Backend
 from pytest_lxdsnap.lxd.connection import Endpoint, insecure_warning, trusted_on_first_use
 
 
@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_gc.add_argument("--foreign", action="store_true",
                       help="Also clean copies the user made of lxdsnap's instances (`lxc copy`): remove the lxdsnap "
                            "keys and snapshots they carry (never the copies themselves)")
+    p_cluster = sub.add_parser("cluster", parents=[incus], help="A real cluster of N member daemons on loopback, "
+                               "beside the host's daemon (never touching it): `up N` (idempotent) or `down`")
+    p_cluster.add_argument("action", choices=["up", "down"], help="up: start (or complete) it; down: remove it all")
+    p_cluster.add_argument("members", nargs="?", type=int, default=2, help="Members for `up` (default 2)")
+    p_cluster.add_argument("--image", dest="images", action="append", default=[], choices=["debian"],
+                           help="Also import lxdsnap/debian-12 (its tarball from `lxdsnap setup --image debian`)")
     p_pub = sub.add_parser("publish", help="Publish the baseline of a declared container kept by --lxd-reuse as a "
                            "local image (other hosts or CI caches can start from it)")
     p_pub.add_argument("name", help="the declared container's name ([tool.lxdsnap.containers.<name>])")
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             setup(endpoint, log=log, pool_driver=args.pool_driver, fast_stop=args.fast_stop, backend=backend,
                   state_file=args.state_file, images=tuple(args.images), package_cache=args.package_cache)
             return 0
+        if args.command == "cluster":
+            return run_cluster(args.action, args.members, backend, tuple(args.images))
         if args.command == "gc":
             return collect_garbage(endpoint, dry_run=args.dry_run, foreign=args.foreign)
         if args.command == "publish":
@@ -103,6 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c.ok or c.advisory for c in checks) else 1
 
 
+def run_cluster(action: str, count: int, backend: Backend, images: tuple[str, ...] = ()) -> int:
+    """``lxdsnap cluster up N`` / ``down``: the loopback cluster of :mod:`pytest_lxdsnap.host.cluster`."""
+    from pytest_lxdsnap.host import cluster
+    from pytest_lxdsnap.host.debian import DEBIAN_ALIAS, tarball_path
+
+    log = lambda line: print(f"lxdsnap cluster: {line}", flush=True)  # noqa: E731
+    if action == "down":
+        cluster.down(log, backend=backend)
+        return 0
+    tarballs = cluster.default_images()
+    if "debian" in images:
+        if not tarball_path().is_file():
+            raise LxdSnapError(f"no {tarball_path()}: run `lxdsnap setup --image debian` first (it builds it)")
+        tarballs[DEBIAN_ALIAS] = tarball_path()
+    up = cluster.up(count, log, backend=backend, images=tarballs)
+    first = up[0]
+    print(f"use it: pytest --lxd-endpoint={first.socket}   (any member's socket, or https://{first.address})")
+    return 0
+
+
 def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False) -> int:
     """Clean what dead sessions left. gc is a session of its own: it holds a lease while it runs and
     claims (If-Match) each instance before it recovers it, so it never races a live session."""
@@ -118,14 +146,15 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
         open_lease(client, identity)
     try:
         found = find_garbage(client, identity)
-        cleaning = [g for g in found if g.kind != "foreign" or foreign]
+        cleaning = [g for g in found if g.kind not in ("foreign", "offline") or (foreign and g.kind == "foreign")]
+        offline = [g for g in found if g.kind == "offline"]
         if not found:
             print("lxdsnap gc: nothing left by dead sessions")
             return 0
         failed = 0
         for garbage in found:
             if garbage not in cleaning:
-                print(f"foreign {garbage.what}: {garbage.why}")
+                print(f"{garbage.kind} {garbage.what}: {garbage.why}")
                 continue
             print(f"{'would clean' if dry_run else 'cleaning'} {garbage.what}: {garbage.why}")
             if dry_run:
@@ -138,7 +167,7 @@ def collect_garbage(endpoint: Endpoint, *, dry_run: bool, foreign: bool = False)
                 print(f"  FAILED: {describe(exc)}", file=sys.stderr)
         if not cleaning:
             print("lxdsnap gc: nothing left by dead sessions")
-        return 1 if failed else 0
+        return 1 if failed or offline else 0
     finally:
         if not dry_run:
             close_lease(client, identity)

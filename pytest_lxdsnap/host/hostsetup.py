@@ -175,6 +175,9 @@ def doctor(endpoint: Endpoint, backend: Backend = LXD) -> list[Check]:
     info = client.api.get().json()["metadata"]
     checks.append(Check("daemon", True, f"{endpoint.describe()}: {info['environment'].get('server_name', '')} "
                         f"{info['environment'].get('server', 'lxd')} {info['environment'].get('server_version')}"))
+    from pytest_lxdsnap.host.clusterdoctor import cluster_checks
+
+    checks += cluster_checks(client, backend.cli)
     pools = lxdapi.listing(client.api.storage_pools)
     checks.append(Check("storage pools", bool(pools), ", ".join(f"{p['name']} ({p['driver']})" for p in pools)
                         or "none", setup_cmd))

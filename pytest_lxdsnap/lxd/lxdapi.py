@@ -180,6 +180,17 @@ def where(client: pylxd.Client, name: str) -> str:
     return place(getattr(client, "project", None), name, server)
 
 
+def clustered(client: pylxd.Client) -> bool:
+    """Whether the server is a member of a cluster."""
+    return bool((getattr(client, "host_info", None) or {}).get("environment", {}).get("server_clustered"))
+
+
+def location(client: pylxd.Client, name: str) -> str | None:
+    """The cluster member an instance lives on (None on a standalone server): its copies are made there, so a
+    clone is a local copy and never a migration between members."""
+    return str(get_instance(client, name)["location"]) if clustered(client) else None
+
+
 def response_time(response: Any) -> float:
     """The server's clock when it answered (its ``Date`` header; ours when it sent none)."""
     try:

@@ -19,7 +19,7 @@ import pylxd
 from pylxd.exceptions import NotFound
 
 from pytest_lxdsnap.errors import OwnershipError
-from pytest_lxdsnap.lxd import lxdapi, projects
+from pytest_lxdsnap.lxd import lxdapi, members, projects
 from pytest_lxdsnap.safety import claims, leases, sharing
 from pytest_lxdsnap.safety.ownership import (
     CLOSING_KEY,
@@ -46,7 +46,7 @@ GARBAGE_NOUNS = {"snapshot": "snapshot", "project": "project", "lease": "profile
 class Garbage:
     """One thing a dead session left: what it is, why it is garbage, and how to clean it."""
 
-    kind: str  # created, held, kept, reuse, shared, foreign (instances), snapshot, project or lease (a profile)
+    kind: str  # created, held, kept, reuse, shared, foreign, offline (instances), snapshot, project or lease
     name: str  # the instance, instance/snapshot, project or profile
     why: str
     clean: Callable[[], list[str]]
@@ -72,6 +72,10 @@ def find_garbage(client: pylxd.Client, identity: SessionIdentity) -> list[Garbag
 
     found: list[Garbage] = []
     for record in records:
+        if members.on_offline_member(record):
+            found.append(Garbage("offline", record["name"], f"on cluster member {record.get('location')!r}, which "
+                                 "is offline: not looked at. Run `lxdsnap gc` again once it is back", lambda: []))
+            continue
         found.extend(_instance_garbage(client, identity, record, verdict, now))
     for project in projects.session_projects(client):
         creator = projects.creator(project)

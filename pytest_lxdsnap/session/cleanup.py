@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pylxd.exceptions import NotFound
 
-from pytest_lxdsnap.lxd import lxdapi, projects
+from pytest_lxdsnap.lxd import lxdapi, members, projects
 from pytest_lxdsnap.lxd.lxdapi import FAULTS, describe
 from pytest_lxdsnap.model import Leftover, Tracked
 from pytest_lxdsnap.safety import claims, garbage, leases
@@ -28,7 +28,8 @@ def sweep_dead_sessions(s: LxdSession, also_held: list[str] | None = None) -> No
     try:
         found = garbage.find_garbage(s.client, s.identity)
     except FAULTS as exc:
-        s.notices.append(f"looking for instances of dead sessions failed: {describe(exc)}; run `lxdsnap gc`")
+        s.notices.append(f"looking for instances of dead sessions failed: {members.explain(s.client, exc)}; "
+                         "run `lxdsnap gc`")
         return
     for item in found:
         held = item.kind == "held" and item.name in (also_held or [])
@@ -69,8 +70,8 @@ def finish(s: LxdSession, keep: Iterable[str] = ()) -> list[Leftover]:
     try:
         return _last_calls(s)
     except FAULTS as exc:
-        s.problems.append(f"could not check LXD for leftovers: {describe(exc)}. Once LXD answers again, "
-                          "`lxdsnap gc` restores and removes what this session left")
+        s.problems.append(f"could not check LXD for leftovers: {members.explain(s.client, exc)}. Once LXD answers "
+                          "again, `lxdsnap gc` restores and removes what this session left")
         return []
     finally:
         s.heartbeat.stop()

@@ -131,6 +131,7 @@ class LxdSession:
         client = connect(replace(self.endpoint, project=None) if self.auto_project else self.endpoint)
         self.commands = Commands(incus=lxdapi.is_incus(client))
         preflight.check_specs(self, client)
+        preflight.check_members(self, client)
         self._client = client
 
     # -- planning ------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class LxdSession:
     def _start_clones(self, tracked: Tracked) -> None:
         spec = self.specs[tracked.name]
         source = tracked.shared
+        base = source.instance if source else tracked.instance
         only_clones = all(self.strategy_for(tracked, r) == "clone" for r in self.planned.get(tracked.name, []))
         # A base nothing provisioned was booted, checked and snapshotted just now: it is what a clone would be,
         # so the first clone test may use it (one copy, boot and delete fewer, no wait). Clones copy the snapshot,
@@ -258,10 +260,10 @@ class LxdSession:
                             and not self.options.lxd_keep_failed
                             and not spec.changes_the_image and self.on_provision is None)
         tracked.clones = ClonePool(
-            self.own, self.executor, container=tracked.name, base=source.instance if source else tracked.instance,
+            self.own, self.executor, container=tracked.name, base=base,
             snapshot=source.snapshot if source else tracked.snapshot, profiles=spec.profiles, identity=self.identity,
             ahead=self.options.lxd_prepare_ahead, planned=self.planned_clone_uses(tracked) - tracked.lendable,
-            ready=lambda instance: self.check_ready(tracked.name, instance), target=spec.target_for(self.worker),
+            ready=lambda instance: self.check_ready(tracked.name, instance), target=lxdapi.location(self.own, base),
             slots=self._clone_slots, prefix=f"{INSTANCE_PREFIX}{spec.name}-{self.identity.token}" if source else None,
             blank=source.blank if source else (),
         )

@@ -9,7 +9,7 @@ import pylxd
 
 from pytest_lxdsnap.declarations import FINGERPRINT, PACKAGE_CACHE, REMOTES, TABLE
 from pytest_lxdsnap.errors import ConfigError
-from pytest_lxdsnap.lxd import lxdapi
+from pytest_lxdsnap.lxd import lxdapi, members
 
 if TYPE_CHECKING:
     from pytest_lxdsnap.session.core import LxdSession
@@ -67,6 +67,25 @@ def check_package_caches(s: LxdSession) -> None:
                      "starts")
             raise ConfigError(f"[{TABLE}.containers.{name}] package_cache: the host's package cache is not running "
                               f"({detail}): {start}, or remove package_cache. Nothing was created.")
+
+
+def check_members(s: LxdSession, client: pylxd.Client) -> None:
+    """On a cluster, before anything is created: a ``target`` naming a member that is offline or evacuated is a
+    usage error; any other member that is down is reported (tests on containers there will fail, naming it)."""
+    if not lxdapi.clustered(client):
+        return
+    _, down = members.usable_members(client)
+    wanted = {t: spec.name for spec in sorted(s.specs.values(), key=lambda x: x.name) for t in spec.targets}
+    for member in down:
+        if member.name in wanted:
+            fix = (f"bring it back (`{s.commands(f'cluster restore {member.name}')}`)"
+                   if member.status == "Evacuated" else "start its daemon again")
+            raise ConfigError(f"[{TABLE}.containers.{wanted[member.name]}] target: cluster member {member.name!r} "
+                              f"({member.address}) is {member.status.lower()}: {member.message}. Remove it from "
+                              f"`target`, or {fix}. Nothing was created.")
+    for member in down:
+        s.notices.append(f"cluster member {member.name!r} ({member.address}) was {member.status.lower()} at the "
+                         f"session's start ({member.message}): tests on containers there fail, naming it")
 
 
 def check_targets(s: LxdSession, client: pylxd.Client) -> None:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import pylxd
 
-from pytest_lxdsnap.lxd import lxdapi, ports
+from pytest_lxdsnap.lxd import lxdapi, members, ports
 from pytest_lxdsnap.lxd.execution import purge_unread_logs
-from pytest_lxdsnap.lxd.lxdapi import FAULTS, describe
+from pytest_lxdsnap.lxd.lxdapi import FAULTS
 from pytest_lxdsnap.model import Checkout, Tracked
 from pytest_lxdsnap.safety import claims, zfs
 
@@ -86,7 +86,8 @@ def restore(s: LxdSession, tracked: Tracked, *, recipe: bool = False) -> str | N
     except FAULTS as exc:
         tracked.broken = (
             f"resetting container {tracked.name!r} (instance {instance}) to snapshot {snapshot} failed: "
-            f"{describe(exc)}\nThe snapshot is kept for recovery. Inspect: `{s.commands(f'info {instance}')}`; "
+            f"{members.explain(client, exc)}\nThe snapshot is kept for recovery. "
+            f"Inspect: `{s.commands(f'info {instance}')}`; "
             f"restore by hand: `{s.commands.restore(instance, snapshot)}`, or run `lxdsnap gc` once this "
             "session has ended"
         )

@@ -212,3 +212,12 @@ def test_a_live_session_leaves_nothing_to_collect(served):
                    snapshots={"mine": [snapshot("lxdsnap-live0001-base", ME, "mine")]},
                    profiles=[lease_profile(ME, time.time() + 60)], session_projects=[project(ME)])
     assert found == {}
+
+
+def test_an_instance_on_an_offline_cluster_member_is_reported_not_read(served):
+    offline = {"name": "far", "config": None, "status": "Error", "location": "m2", "devices": None}
+    found = served([offline, instance("lxdsnap-web-dead-1", **{CREATED_KEY: tag(DEAD, "lxdsnap-web-dead-1")})],
+                   snapshots={"far": [{"name": "must-not-be-read", "config": None}]})
+    assert found["far"] == ("offline: on cluster member 'm2', which is offline: not looked at. Run `lxdsnap gc` "
+                            "again once it is back")
+    assert found["lxdsnap-web-dead-1"].startswith("created: ")
