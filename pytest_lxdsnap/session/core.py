@@ -238,8 +238,6 @@ class LxdSession:
             if tracked.shared is not None and tracked.instance == tracked.shared.instance:
                 shared.own_copy(self, tracked)  # an in-place test never restores the base other workers copy
             instance = tracked.instance
-            if tracked.lent:  # a test used the base as a clone: back to the baseline before an in-place test
-                self._restore_lent(tracked)
             if self.turns(tracked):
                 claims.claim(self.client, instance, self.identity, wait=self.lease_wait, log=self.notices.append)
             resets.power_base(self, tracked)
@@ -271,15 +269,6 @@ class LxdSession:
         if only_clones and tracked.base_running and source is None and not tracked.lendable:
             # Only clones will run: stop the base instance in the background (its delete is then quick).
             resets.stop_base(self, tracked)
-
-    def _restore_lent(self, tracked: Tracked) -> None:
-        if tracked.base_stopping is not None:
-            tracked.base_stopping.result()
-            tracked.base_stopping = None
-        problem = resets.restore(self, tracked)
-        if problem:
-            raise ResetError(problem)
-        tracked.lent = False
 
     def check_ready(self, name: str, instance: str) -> None:
         """Wait until ``instance`` of container ``name`` is ready, then run the ready hooks."""

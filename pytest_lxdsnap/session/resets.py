@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pylxd
 
+from pytest_lxdsnap.errors import ResetError
 from pytest_lxdsnap.lxd import lxdapi, members, ports
 from pytest_lxdsnap.lxd.execution import purge_unread_logs
 from pytest_lxdsnap.lxd.lxdapi import FAULTS
@@ -18,10 +19,16 @@ if TYPE_CHECKING:
 
 
 def power_base(s: LxdSession, tracked: Tracked) -> None:
-    """Bring the base instance back to its baseline power state if clones had it stopped."""
+    """Before an in-place test: bring the base instance back to its baseline power state if clones had it
+    stopped, and to its baseline if a test used it as a clone (lent, see LxdSession._start_clones)."""
     if tracked.base_stopping is not None:
         tracked.base_stopping.result()
         tracked.base_stopping = None
+    if tracked.lent:
+        problem = restore(s, tracked)  # state and power both
+        if problem:
+            raise ResetError(problem)
+        tracked.lent = False
     if tracked.running and not tracked.base_running:
         lxdapi.set_power(s.client_for(tracked.name), tracked.instance, "start")
         s.check_ready(tracked.name, tracked.instance)
